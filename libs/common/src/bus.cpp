@@ -1,0 +1,487 @@
+#include "muon/common/bus.h"
+
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+#include "muon/common/log.h"
+
+namespace muon::bus {
+namespace {
+
+class BusCategoryImpl : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "muon.bus"; }
+  std::string message(int value) const override {
+    switch (static_cast<BusErrc>(value)) {
+      case BusErrc::kOk: return "ok";
+      case BusErrc::kTimeout: return "timeout waiting for a reply";
+      case BusErrc::kNoResponders: return "no responders";
+      case BusErrc::kNotConnected: return "not connected to NATS";
+      case BusErrc::kPayloadTooLarge: return "message exceeds the server's max payload";
+      case BusErrc::kInvalidArgument: return "invalid argument";
+      case BusErrc::kNotFound: return "not found";
+      case BusErrc::kJetStream: return "JetStream API error";
+      case BusErrc::kOther: return "NATS error";
+    }
+    return "unknown bus error";
+  }
+};
+
+std::string ConnectedUrl(natsConnection* nc) {
+  char buffer[256] = {0};
+  if (natsConnection_GetConnectedUrl(nc, buffer, sizeof(buffer)) != NATS_OK) return {};
+  return buffer;
+}
+
+void OnDisconnected(natsConnection* nc, void* closure) {
+  if (natsConnection_IsClosed(nc)) return;  // our own Close(), not an outage
+  log::Warn("nats disconnected, reconnecting", {{"url", *static_cast<const std::string*>(closure)}});
+}
+void OnReconnected(natsConnection* nc, void*) {
+  log::Info("nats reconnected", {{"url", ConnectedUrl(nc)}});
+}
+void OnConnected(natsConnection* nc, void*) {
+  log::Info("nats connected", {{"url", ConnectedUrl(nc)}});
+}
+void OnClosed(natsConnection*, void*) { log::Debug("nats connection closed"); }
+void OnAsyncError(natsConnection*, natsSubscription* sub, natsStatus err, void*) {
+  const char* subject = sub != nullptr ? natsSubscription_GetSubject(sub) : nullptr;
+  log::Error("nats asynchronous error",
+             {{"status", natsStatus_GetText(err)}, {"subject", subject ? subject : ""}});
+}
+
+void Check(natsStatus status, const char* what) {
+  if (status != NATS_OK) {
+    throw std::runtime_error(std::string(what) + ": " + natsStatus_GetText(status));
+  }
+}
+
+// nats.c wants NUL-terminated strings.
+std::string Z(std::string_view s) { return std::string(s); }
+
+}  // namespace
+
+const std::error_category& BusCategory() {
+  static BusCategoryImpl category;
+  return category;
+}
+
+std::error_code make_error_code(BusErrc e) { return {static_cast<int>(e), BusCategory()}; }
+
+std::error_code FromNatsStatus(natsStatus status) {
+  switch (status) {
+    case NATS_OK: return {};
+    case NATS_TIMEOUT: return BusErrc::kTimeout;
+    case NATS_NO_RESPONDERS: return BusErrc::kNoResponders;
+    case NATS_CONNECTION_CLOSED:
+    case NATS_CONNECTION_DISCONNECTED:
+    case NATS_NO_SERVER:
+    case NATS_NOT_YET_CONNECTED:
+    case NATS_CONNECTION_AUTH_FAILED:
+    case NATS_STALE_CONNECTION:
+    case NATS_DRAINING:
+      return BusErrc::kNotConnected;
+    case NATS_MAX_PAYLOAD: return BusErrc::kPayloadTooLarge;
+    case NATS_INVALID_SUBJECT:
+    case NATS_INVALID_ARG:
+      return BusErrc::kInvalidArgument;
+    case NATS_NOT_FOUND: return BusErrc::kNotFound;
+    default: return BusErrc::kOther;
+  }
+}
+
+// ---- Msg ----
+
+Msg Msg::Create(std::string_view subject, std::string_view data, const Headers& headers,
+                std::string_view reply) {
+  natsMsg* raw = nullptr;
+  const std::string subj = Z(subject);
+  const std::string rep = Z(reply);
+  Check(natsMsg_Create(&raw, subj.c_str(), reply.empty() ? nullptr : rep.c_str(), data.data(),
+                       static_cast<int>(data.size())),
+        "natsMsg_Create");
+  Msg msg(raw);
+  for (const auto& [key, value] : headers) {
+    Check(natsMsgHeader_Add(raw, key.c_str(), value.c_str()), "natsMsgHeader_Add");
+  }
+  return msg;
+}
+
+std::string_view Msg::subject() const {
+  const char* s = natsMsg_GetSubject(raw_.get());
+  return s ? std::string_view(s) : std::string_view();
+}
+
+std::string_view Msg::reply() const {
+  const char* s = natsMsg_GetReply(raw_.get());
+  return s ? std::string_view(s) : std::string_view();
+}
+
+std::string_view Msg::data() const {
+  const char* d = natsMsg_GetData(raw_.get());
+  const int len = natsMsg_GetDataLength(raw_.get());
+  return d ? std::string_view(d, static_cast<size_t>(len)) : std::string_view();
+}
+
+std::optional<std::string_view> Msg::Header(const char* key) const {
+  const char* value = nullptr;
+  if (natsMsgHeader_Get(raw_.get(), key, &value) != NATS_OK || value == nullptr) {
+    return std::nullopt;
+  }
+  return std::string_view(value);
+}
+
+Headers Msg::AllHeaders() const {
+  Headers out;
+  const char** keys = nullptr;
+  int count = 0;
+  if (natsMsgHeader_Keys(raw_.get(), &keys, &count) != NATS_OK) return out;
+  for (int i = 0; i < count; ++i) {
+    const char** values = nullptr;
+    int n = 0;
+    if (natsMsgHeader_Values(raw_.get(), keys[i], &values, &n) == NATS_OK) {
+      for (int j = 0; j < n; ++j) out.emplace_back(keys[i], values[j]);
+      free(static_cast<void*>(values));
+    }
+  }
+  free(static_cast<void*>(keys));
+  return out;
+}
+
+std::error_code Msg::Ack() const { return FromNatsStatus(natsMsg_Ack(raw_.get(), nullptr)); }
+std::error_code Msg::Nak() const { return FromNatsStatus(natsMsg_Nak(raw_.get(), nullptr)); }
+std::error_code Msg::InProgress() const {
+  return FromNatsStatus(natsMsg_InProgress(raw_.get(), nullptr));
+}
+
+// ---- Subscription ----
+
+struct Subscription::State {
+  natsSubscription* sub = nullptr;
+  MsgHandler handler;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool completed = false;
+  std::thread::id delivery_thread;
+
+  static void OnMessage(natsConnection*, natsSubscription*, natsMsg* raw, void* closure) {
+    auto* self = static_cast<State*>(closure);
+    self->delivery_thread = std::this_thread::get_id();
+    Msg msg(raw);
+    try {
+      self->handler(msg);
+    } catch (const std::exception& e) {
+      // Handlers own their error replies; reaching here is a bug in one, not a reason to die.
+      log::Error("message handler threw", {{"subject", msg.subject()}, {"error", e.what()}});
+    }
+  }
+
+  static void OnComplete(void* closure) {
+    auto* self = static_cast<State*>(closure);
+    std::lock_guard lock(self->mu);
+    self->completed = true;
+    self->cv.notify_all();
+  }
+
+  bool WaitCompleted(std::chrono::milliseconds timeout) {
+    if (std::this_thread::get_id() == delivery_thread) return true;  // called from the handler
+    std::unique_lock lock(mu);
+    return cv.wait_for(lock, timeout, [this] { return completed; });
+  }
+
+  ~State() {
+    if (sub == nullptr) return;
+    natsSubscription_Unsubscribe(sub);
+    if (!WaitCompleted(std::chrono::seconds(30))) {
+      log::Error("subscription handler still running after 30s; destroying anyway");
+    }
+    natsSubscription_Destroy(sub);
+  }
+};
+
+Subscription::Subscription(Subscription&&) noexcept = default;
+Subscription& Subscription::operator=(Subscription&&) noexcept = default;
+Subscription::~Subscription() = default;
+
+bool Subscription::Drain(std::chrono::milliseconds timeout) {
+  StartDrain(timeout);
+  return WaitDrained(timeout);
+}
+
+void Subscription::StartDrain(std::chrono::milliseconds timeout) {
+  if (!state_ || state_->sub == nullptr) return;
+  if (natsSubscription_DrainTimeout(state_->sub, timeout.count()) != NATS_OK) {
+    natsSubscription_Unsubscribe(state_->sub);
+  }
+}
+
+bool Subscription::WaitDrained(std::chrono::milliseconds timeout) {
+  if (!state_ || state_->sub == nullptr) return true;
+  natsSubscription_WaitForDrainCompletion(state_->sub, timeout.count());
+  return state_->WaitCompleted(timeout);
+}
+
+void Subscription::Unsubscribe() {
+  if (state_ && state_->sub != nullptr) natsSubscription_Unsubscribe(state_->sub);
+}
+
+natsSubscription* Subscription::raw() const { return state_ ? state_->sub : nullptr; }
+
+// ---- Connection ----
+
+std::unique_ptr<Connection> Connection::Connect(const ConnectOptions& options) {
+  natsOptions* raw_opts = nullptr;
+  Check(natsOptions_Create(&raw_opts), "natsOptions_Create");
+  std::unique_ptr<natsOptions, void (*)(natsOptions*)> opts(raw_opts, natsOptions_Destroy);
+  // Created first: callbacks get a pointer to its url_, which lives as long as the connection.
+  auto conn = std::make_unique<Connection>(Token{});
+  conn->url_ = options.url;
+  conn->max_pending_msgs_ = options.max_pending_msgs;
+  Check(natsOptions_SetURL(opts.get(), options.url.c_str()), "invalid NATS URL");
+  if (!options.name.empty()) Check(natsOptions_SetName(opts.get(), options.name.c_str()), "name");
+  Check(natsOptions_SetSendAsap(opts.get(), options.send_asap), "send asap");
+  Check(natsOptions_SetMaxReconnect(opts.get(), -1), "max reconnect");
+  Check(natsOptions_SetReconnectWait(opts.get(), options.reconnect_wait.count()), "reconnect wait");
+  Check(natsOptions_SetReconnectJitter(opts.get(), options.reconnect_jitter.count(),
+                                       options.reconnect_jitter.count()),
+        "reconnect jitter");
+  Check(natsOptions_SetTimeout(opts.get(), options.connect_timeout.count()), "timeout");
+  Check(natsOptions_SetDisconnectedCB(opts.get(), OnDisconnected, &conn->url_), "disconnected cb");
+  Check(natsOptions_SetReconnectedCB(opts.get(), OnReconnected, nullptr), "reconnected cb");
+  Check(natsOptions_SetClosedCB(opts.get(), OnClosed, nullptr), "closed cb");
+  Check(natsOptions_SetErrorHandler(opts.get(), OnAsyncError, nullptr), "error handler");
+  Check(natsOptions_SetMaxPendingMsgs(opts.get(), options.max_pending_msgs), "max pending");
+  if (options.retry_on_failed_connect) {
+    Check(natsOptions_SetRetryOnFailedConnect(opts.get(), true, OnConnected, nullptr),
+          "retry on failed connect");
+  }
+
+  natsStatus status = natsConnection_Connect(&conn->nc_, opts.get());
+  if (status == NATS_NOT_YET_CONNECTED) {
+    log::Warn("nats not reachable yet, retrying in the background", {{"url", options.url}});
+  } else {
+    Check(status, ("cannot connect to NATS at " + options.url).c_str());
+  }
+  return conn;
+}
+
+Connection::~Connection() {
+  if (nc_ != nullptr) {
+    natsConnection_Close(nc_);
+    natsConnection_Destroy(nc_);
+  }
+}
+
+bool Connection::IsConnected() const {
+  return natsConnection_Status(nc_) == NATS_CONN_STATUS_CONNECTED;
+}
+
+bool Connection::WaitConnected(std::chrono::milliseconds deadline) const {
+  const auto until = std::chrono::steady_clock::now() + deadline;
+  while (!IsConnected()) {
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+std::error_code Connection::Publish(std::string_view subject, std::string_view data,
+                                    const Headers& headers, std::string_view reply) {
+  if (headers.empty()) {
+    const std::string subj = Z(subject);
+    if (reply.empty()) {
+      return FromNatsStatus(
+          natsConnection_Publish(nc_, subj.c_str(), data.data(), static_cast<int>(data.size())));
+    }
+    const std::string rep = Z(reply);
+    return FromNatsStatus(natsConnection_PublishRequest(nc_, subj.c_str(), rep.c_str(), data.data(),
+                                                        static_cast<int>(data.size())));
+  }
+  Msg msg = Msg::Create(subject, data, headers, reply);
+  return PublishMsg(msg);
+}
+
+std::error_code Connection::PublishMsg(Msg& msg) {
+  return FromNatsStatus(natsConnection_PublishMsg(nc_, msg.raw()));
+}
+
+std::error_code Connection::Request(std::string_view subject, std::string_view data,
+                                    const Headers& headers, std::chrono::milliseconds timeout,
+                                    Msg& reply) {
+  natsMsg* raw_reply = nullptr;
+  natsStatus status;
+  if (headers.empty()) {
+    const std::string subj = Z(subject);
+    status = natsConnection_Request(&raw_reply, nc_, subj.c_str(), data.data(),
+                                    static_cast<int>(data.size()), timeout.count());
+  } else {
+    Msg request = Msg::Create(subject, data, headers);
+    status = natsConnection_RequestMsg(&raw_reply, nc_, request.raw(), timeout.count());
+  }
+  reply = Msg(raw_reply);
+  return FromNatsStatus(status);
+}
+
+std::error_code Connection::Respond(const Msg& request, std::string_view data,
+                                    const Headers& headers) {
+  if (request.reply().empty()) return {};
+  return Publish(request.reply(), data, headers);
+}
+
+Subscription Connection::Subscribe(std::string_view subject, MsgHandler handler) {
+  return SubscribeImpl(subject, {}, std::move(handler));
+}
+
+Subscription Connection::QueueSubscribe(std::string_view subject, std::string_view queue,
+                                        MsgHandler handler) {
+  return SubscribeImpl(subject, queue, std::move(handler));
+}
+
+Subscription Connection::SubscribeImpl(std::string_view subject, std::string_view queue,
+                                       MsgHandler handler) {
+  Subscription result;
+  result.state_ = std::make_unique<Subscription::State>();
+  auto* state = result.state_.get();
+  state->handler = std::move(handler);
+  const std::string subj = Z(subject);
+  natsStatus status;
+  if (queue.empty()) {
+    status = natsConnection_Subscribe(&state->sub, nc_, subj.c_str(),
+                                      &Subscription::State::OnMessage, state);
+  } else {
+    const std::string q = Z(queue);
+    status = natsConnection_QueueSubscribe(&state->sub, nc_, subj.c_str(), q.c_str(),
+                                           &Subscription::State::OnMessage, state);
+  }
+  if (status != NATS_OK) {
+    state->sub = nullptr;
+    throw std::runtime_error("subscribe to " + subj + ": " + natsStatus_GetText(status));
+  }
+  natsSubscription_SetOnCompleteCB(state->sub, &Subscription::State::OnComplete, state);
+  natsSubscription_SetPendingLimits(state->sub, max_pending_msgs_, 256 * 1024 * 1024);
+  return result;
+}
+
+std::error_code Connection::Flush(std::chrono::milliseconds timeout) {
+  return FromNatsStatus(natsConnection_FlushTimeout(nc_, timeout.count()));
+}
+
+void Connection::DrainAndClose(std::chrono::milliseconds timeout) {
+  if (natsConnection_DrainTimeout(nc_, timeout.count()) == NATS_OK) {
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    while (natsConnection_Status(nc_) != NATS_CONN_STATUS_CLOSED &&
+           std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  natsConnection_Close(nc_);
+}
+
+std::string Connection::NewInbox() const {
+  natsInbox* inbox = nullptr;
+  Check(natsInbox_Create(&inbox), "natsInbox_Create");
+  std::string result(inbox);
+  natsInbox_Destroy(inbox);
+  return result;
+}
+
+// ---- JetStream ----
+
+namespace {
+std::error_code FromJs(natsStatus status, jsErrCode code, const char* what) {
+  if (status == NATS_OK) return {};
+  if (code != 0) {
+    log::Warn("jetstream call failed",
+              {{"call", what}, {"status", natsStatus_GetText(status)}, {"js_code", int(code)}});
+    if (code == JSStreamNotFoundErr || code == JSConsumerNotFoundErr) return BusErrc::kNotFound;
+    return BusErrc::kJetStream;
+  }
+  return FromNatsStatus(status);
+}
+}  // namespace
+
+JetStream::JetStream(Connection& connection) {
+  Check(natsConnection_JetStream(&js_, connection.raw(), nullptr), "natsConnection_JetStream");
+}
+
+JetStream::~JetStream() { jsCtx_Destroy(js_); }
+
+std::error_code JetStream::EnsureStream(const StreamConfig& config) {
+  jsStreamConfig cfg;
+  jsStreamConfig_Init(&cfg);
+  std::vector<const char*> subjects;
+  for (const auto& s : config.subjects) subjects.push_back(s.c_str());
+  cfg.Name = config.name.c_str();
+  cfg.Subjects = subjects.data();
+  cfg.SubjectsLen = static_cast<int>(subjects.size());
+  cfg.MaxAge = config.max_age.count();
+  cfg.MaxBytes = config.max_bytes;
+  cfg.MaxMsgs = config.max_msgs;
+  cfg.Duplicates = config.duplicate_window.count();
+  cfg.Storage = config.memory_storage ? js_MemoryStorage : js_FileStorage;
+  jsStreamInfo* info = nullptr;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  natsStatus status = js_AddStream(&info, js_, &cfg, nullptr, &code);
+  if (status != NATS_OK && code == JSStreamNameExistErr) {
+    code = static_cast<jsErrCode>(0);
+    status = js_UpdateStream(&info, js_, &cfg, nullptr, &code);
+  }
+  if (info != nullptr) jsStreamInfo_Destroy(info);
+  return FromJs(status, code, "ensure stream");
+}
+
+std::error_code JetStream::Publish(std::string_view subject, std::string_view data,
+                                   std::string_view msg_id, PubAck& ack, const Headers& headers) {
+  Msg msg = Msg::Create(subject, data, headers);
+  jsPubOptions opts;
+  jsPubOptions_Init(&opts);
+  const std::string id = Z(msg_id);
+  if (!id.empty()) opts.MsgId = id.c_str();
+  jsPubAck* raw_ack = nullptr;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  natsStatus status = js_PublishMsg(&raw_ack, js_, msg.raw(), &opts, &code);
+  if (raw_ack != nullptr) {
+    ack.stream = raw_ack->Stream ? raw_ack->Stream : "";
+    ack.sequence = raw_ack->Sequence;
+    ack.duplicate = raw_ack->Duplicate;
+    jsPubAck_Destroy(raw_ack);
+  }
+  return FromJs(status, code, "publish");
+}
+
+std::error_code JetStream::PullSubscribe(std::string_view stream, const ConsumerConfig& config,
+                                         PullConsumer& consumer) {
+  jsSubOptions so;
+  jsSubOptions_Init(&so);
+  const std::string stream_name = Z(stream);
+  so.Stream = stream_name.c_str();
+  so.Config.AckPolicy = js_AckExplicit;
+  so.Config.AckWait = config.ack_wait.count();
+  so.Config.MaxAckPending = config.max_ack_pending;
+  so.Config.MaxDeliver = config.max_deliver;
+  natsSubscription* sub = nullptr;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  natsStatus status = js_PullSubscribe(&sub, js_, config.filter_subject.c_str(),
+                                       config.durable.c_str(), nullptr, &so, &code);
+  if (status == NATS_OK) consumer.sub_.reset(sub);
+  return FromJs(status, code, "pull subscribe");
+}
+
+std::error_code PullConsumer::Fetch(int batch, std::chrono::milliseconds timeout,
+                                    std::vector<Msg>& out) {
+  natsMsgList list{nullptr, 0};
+  jsErrCode code = static_cast<jsErrCode>(0);
+  natsStatus status = natsSubscription_Fetch(&list, sub_.get(), batch, timeout.count(), &code);
+  for (int i = 0; i < list.Count; ++i) {
+    out.emplace_back(list.Msgs[i]);
+    list.Msgs[i] = nullptr;  // now owned by `out`
+  }
+  natsMsgList_Destroy(&list);
+  if (status == NATS_TIMEOUT) return BusErrc::kTimeout;
+  return FromJs(status, code, "fetch");
+}
+
+}  // namespace muon::bus

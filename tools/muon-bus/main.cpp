@@ -1,0 +1,148 @@
+// muon-bus: talks to services directly over NATS, for operators and scripts (scripts/up waits on
+// `muon-bus ping`). Discovery uses the NATS service API, so it sees every Muon service and every
+// user service built with the SDK.
+
+#include <condition_variable>
+#include <cstdlib>
+#include <iostream>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "muon/common/bus.h"
+#include "muon/common/config.h"
+#include "muon/common/log.h"
+
+namespace {
+
+constexpr const char* kUsage = R"(usage: muon-bus [--server URL] <command> [args]
+
+commands:
+  ping [service] [--count N] [--timeout D]   who answers $SRV.PING[.<service>]; exits 0 once
+                                             N (default 1) instances answered, 3 if fewer did
+  info [service] [--timeout D]               $SRV.INFO replies, one JSON document per line
+  stats [service] [--timeout D]              $SRV.STATS replies, one JSON document per line
+  request <subject> <body> [--header K=V]... [--timeout D]
+                                             one request; prints the reply body
+
+--server defaults to $NATS_URL, else nats://127.0.0.1:4222; --timeout defaults to 2s.
+exit codes: 0 ok, 2 usage error, 3 not enough answers / timeout / no responders, 4 error reply)";
+
+int Usage(const std::string& problem) {
+  std::cerr << "muon-bus: " << problem << "\n\n" << kUsage << std::endl;
+  return 2;
+}
+
+// Collects replies to one request until `want` arrived or the timeout passed.
+std::vector<std::string> Gather(muon::bus::Connection& bus, const std::string& subject,
+                                std::chrono::milliseconds timeout, size_t want) {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::string> replies;
+  const std::string inbox = bus.NewInbox();
+  auto sub = bus.Subscribe(inbox, [&](muon::bus::Msg& msg) {
+    std::lock_guard lock(mu);
+    replies.emplace_back(msg.data());
+    cv.notify_all();
+  });
+  (void)bus.Flush(timeout);
+  if (auto ec = bus.Publish(subject, "", {}, inbox); ec) {
+    std::cerr << "muon-bus: publish failed: " << ec.message() << std::endl;
+  }
+  std::unique_lock lock(mu);
+  cv.wait_for(lock, timeout, [&] { return want > 0 && replies.size() >= want; });
+  auto out = replies;
+  lock.unlock();
+  sub.Unsubscribe();
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  muon::log::SetLevel(muon::log::Level::kError);
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::string server = std::getenv("NATS_URL") ? std::getenv("NATS_URL") : "nats://127.0.0.1:4222";
+  std::chrono::milliseconds timeout(2000);
+  size_t count = 1;
+  muon::bus::Headers headers;
+  std::vector<std::string> positional;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&](const char* flag) -> std::string {
+      if (i + 1 >= args.size()) throw std::invalid_argument(std::string(flag) + " needs a value");
+      return args[++i];
+    };
+    try {
+      if (a == "-h" || a == "--help") {
+        std::cout << kUsage << std::endl;
+        return 0;
+      } else if (a == "--server") {
+        server = value("--server");
+      } else if (a == "--timeout") {
+        auto d = muon::config::ParseDuration(value("--timeout"));
+        if (!d) return Usage("--timeout wants a duration such as 500ms or 5s");
+        timeout = std::chrono::duration_cast<std::chrono::milliseconds>(*d);
+      } else if (a == "--count") {
+        count = std::stoul(value("--count"));
+      } else if (a == "--header") {
+        const std::string kv = value("--header");
+        const auto eq = kv.find('=');
+        if (eq == std::string::npos || eq == 0) return Usage("--header wants KEY=VALUE");
+        headers.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
+      } else if (a.rfind("--", 0) == 0) {
+        return Usage("unknown option " + a);
+      } else {
+        positional.push_back(a);
+      }
+    } catch (const std::exception& e) {
+      return Usage(e.what());
+    }
+  }
+  if (positional.empty()) return Usage("missing command");
+  const std::string command = positional[0];
+
+  std::unique_ptr<muon::bus::Connection> bus;
+  try {
+    bus = muon::bus::Connection::Connect(
+        {.url = server, .name = "muon-bus", .retry_on_failed_connect = false});
+  } catch (const std::exception& e) {
+    std::cerr << "muon-bus: cannot connect to NATS at " << server << ": " << e.what() << std::endl;
+    return 3;
+  }
+
+  if (command == "ping" || command == "info" || command == "stats") {
+    if (positional.size() > 2) return Usage(command + " takes at most one service name");
+    std::string verb = command == "ping" ? "PING" : command == "info" ? "INFO" : "STATS";
+    std::string subject = "$SRV." + verb;
+    if (positional.size() == 2) subject += "." + positional[1];
+    const size_t want = command == "ping" ? count : 0;
+    auto replies = Gather(*bus, subject, timeout, want);
+    for (const auto& r : replies) std::cout << r << "\n";
+    std::cout.flush();
+    if (command == "ping" && replies.size() < count) {
+      std::cerr << "muon-bus: " << replies.size() << " of " << count << " expected instance(s) of "
+                << (positional.size() == 2 ? positional[1] : std::string("any service"))
+                << " answered " << subject << " within " << timeout.count() << "ms" << std::endl;
+      return 3;
+    }
+    return 0;
+  }
+  if (command == "request") {
+    if (positional.size() != 3) return Usage("request wants <subject> <body>");
+    muon::bus::Msg reply;
+    auto ec = bus->Request(positional[1], positional[2], headers, timeout, reply);
+    if (ec) {
+      std::cerr << "muon-bus: " << positional[1] << ": " << ec.message() << std::endl;
+      return 3;
+    }
+    std::cout << reply.data() << std::endl;
+    if (auto code = reply.Header(muon::bus::kHeaderServiceErrorCode)) {
+      std::cerr << "muon-bus: error " << *code << ": "
+                << reply.Header(muon::bus::kHeaderServiceError).value_or("") << std::endl;
+      return 4;
+    }
+    return 0;
+  }
+  return Usage("unknown command " + command);
+}
