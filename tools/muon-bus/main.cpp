@@ -41,6 +41,7 @@ std::vector<std::string> Gather(muon::bus::Connection& bus, const std::string& s
   std::vector<std::string> replies;
   const std::string inbox = bus.NewInbox();
   auto sub = bus.Subscribe(inbox, [&](muon::bus::Msg& msg) {
+    if (msg.data().empty()) return;  // the server's "no responders" status, not a reply
     std::lock_guard lock(mu);
     replies.emplace_back(msg.data());
     cv.notify_all();

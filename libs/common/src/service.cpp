@@ -234,6 +234,19 @@ void Service::Handle(Endpoint& endpoint, bus::Msg& msg) {
     failure = Error::Internal("internal error while handling the request");
   }
 
+  {
+    // Counted before the reply leaves, so a caller that has its answer sees it in $SRV.STATS.
+    const auto elapsed = std::chrono::steady_clock::now() - start;
+    std::lock_guard lock(endpoint.mu);
+    endpoint.stats.num_requests++;
+    endpoint.stats.processing_time_ns +=
+        std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed).count();
+    if (failure) {
+      endpoint.stats.num_errors++;
+      endpoint.stats.last_error = fmt::format("{}:{}", failure->code(), failure->detail());
+    }
+  }
+
   std::error_code sent;
   if (!failure) {
     sent = json ? connection_.Respond(msg, body,
@@ -253,15 +266,6 @@ void Service::Handle(Endpoint& endpoint, bus::Msg& msg) {
     log::Warn("could not send reply", {{"endpoint", endpoint.id}, {"error", sent.message()}});
   }
 
-  const auto elapsed = std::chrono::steady_clock::now() - start;
-  std::lock_guard lock(endpoint.mu);
-  endpoint.stats.num_requests++;
-  endpoint.stats.processing_time_ns +=
-      std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed).count();
-  if (failure) {
-    endpoint.stats.num_errors++;
-    endpoint.stats.last_error = fmt::format("{}:{}", failure->code(), failure->detail());
-  }
 }
 
 std::vector<EndpointStats> Service::Stats() const {

@@ -65,6 +65,8 @@ class Family {
   Cell& With(const std::vector<std::string>& label_values);
   void RenderTo(std::string& out, const char* type) const;
   const std::string& name() const { return name_; }
+  const std::vector<std::string>& label_names() const { return label_names_; }
+  const std::vector<double>& bounds() const { return bounds_; }
 
  private:
   std::string name_;
