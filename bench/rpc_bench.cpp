@@ -107,7 +107,8 @@ int main(int argc, char** argv) {
   }
 
   muon::testing::NatsServer nats;
-  auto responder_conn = muon::bus::Connection::Connect({.url = nats.url(), .name = "raw-responder"});
+  auto responder_conn =
+      muon::bus::Connection::Connect({.url = nats.url(), .name = "raw-responder"});
   auto service_conn = muon::bus::Connection::Connect({.url = nats.url(), .name = "framework"});
   auto client = muon::bus::Connection::Connect({.url = nats.url(), .name = "bench-client"});
   if (!responder_conn->WaitConnected(5s) || !service_conn->WaitConnected(5s) ||
@@ -146,12 +147,14 @@ int main(int argc, char** argv) {
     raw_p99.push_back(rs.p99_us);
     fw_p99.push_back(fs.p99_us);
     double rt = MeasureThroughput(*client, "bench.raw.echo", raw_payload, concurrency, duration);
-    double ft = MeasureThroughput(*client, "svc.echo.Echo", framework_payload, concurrency, duration);
+    double ft =
+        MeasureThroughput(*client, "svc.echo.Echo", framework_payload, concurrency, duration);
     raw_tp.push_back(rt);
     fw_tp.push_back(ft);
-    fmt::print("  round {}: serial p50 raw {:.1f}us fw {:.1f}us | p99 raw {:.1f}us fw {:.1f}us | "
-               "{}x throughput raw {:.0f}/s fw {:.0f}/s\n",
-               r + 1, rs.p50_us, fs.p50_us, rs.p99_us, fs.p99_us, concurrency, rt, ft);
+    fmt::print(
+        "  round {}: serial p50 raw {:.1f}us fw {:.1f}us | p99 raw {:.1f}us fw {:.1f}us | "
+        "{}x throughput raw {:.0f}/s fw {:.0f}/s\n",
+        r + 1, rs.p50_us, fs.p50_us, rs.p99_us, fs.p99_us, concurrency, rt, ft);
   }
   const double p50_ratio = Median(fw_p50) / Median(raw_p50);
   const double tp_ratio = Median(fw_tp) / Median(raw_tp);
@@ -162,8 +165,8 @@ int main(int argc, char** argv) {
   fmt::print("{:<36} {:>10.1f}us {:>10.1f}us {:>8.2f} {:>10}\n", "serial p99 latency",
              Median(raw_p99), Median(fw_p99), Median(fw_p99) / Median(raw_p99), "-");
   fmt::print("{:<36} {:>10.0f}/s {:>10.0f}/s {:>8.2f} {:>10}\n",
-             fmt::format("throughput, {} requesters", concurrency), Median(raw_tp),
-             Median(fw_tp), tp_ratio, ">= 0.80");
+             fmt::format("throughput, {} requesters", concurrency), Median(raw_tp), Median(fw_tp),
+             tp_ratio, ">= 0.80");
   const bool ok = p50_ratio <= 1.2 && tp_ratio >= 0.8;
   fmt::print("\nresult: {}\n", ok ? "targets met" : "TARGETS MISSED");
   service.Stop(5s);

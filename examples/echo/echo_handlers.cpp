@@ -22,11 +22,11 @@ void RegisterEndpoints(Service& service, const EchoSettings& settings) {
       "Sleep", [instance, settings](const v1::SleepRequest& request, RequestContext& ctx) {
         const std::chrono::milliseconds duration(request.milliseconds());
         if (duration > settings.max_sleep) {
-          throw Error::BadRequest(fmt::format("milliseconds must be at most {}",
-                                              settings.max_sleep.count()));
+          throw Error::BadRequest(
+              fmt::format("milliseconds must be at most {}", settings.max_sleep.count()));
         }
-        log::Info("sleep started", {{"milliseconds", duration.count()},
-                                    {"request_id", ctx.request_id()}});
+        log::Info("sleep started",
+                  {{"milliseconds", duration.count()}, {"request_id", ctx.request_id()}});
         std::this_thread::sleep_for(duration);
         v1::SleepResponse response;
         response.set_slept_milliseconds(request.milliseconds());

@@ -1,12 +1,12 @@
 // The database pool and the migration runner against a real PostgreSQL.
 
-#include <catch2/catch.hpp>
+#include "muon/common/db.h"
 
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <thread>
 
 #include "harness.h"
-#include "muon/common/db.h"
 #include "muon/common/migrations.h"
 
 using namespace std::chrono_literals;
@@ -14,8 +14,9 @@ using namespace std::chrono_literals;
 namespace {
 
 const std::vector<muon::db::Migration> kMigrations = {
-    {1, "0001_items", "CREATE TABLE items (id bigserial PRIMARY KEY, name text NOT NULL);"
-                      "INSERT INTO items (name) VALUES ('seed');"},
+    {1, "0001_items",
+     "CREATE TABLE items (id bigserial PRIMARY KEY, name text NOT NULL);"
+     "INSERT INTO items (name) VALUES ('seed');"},
     {2, "0002_items_created",
      "ALTER TABLE items ADD COLUMN created timestamptz NOT NULL DEFAULT now();"},
 };
@@ -53,8 +54,9 @@ TEST_CASE("migrations are applied exactly once with 4 concurrent starters", "[db
   muon::db::Pool pool({.url = url});
   CHECK(CountRows(pool, "SELECT count(*) FROM inventory.schema_migrations") == 2);
   CHECK(CountRows(pool, "SELECT count(*) FROM inventory.items") == 1);  // seed inserted once
-  CHECK(CountRows(pool, "SELECT count(*) FROM information_schema.columns "
-                        "WHERE table_schema = 'inventory' AND column_name = 'created'") == 1);
+  CHECK(CountRows(pool,
+                  "SELECT count(*) FROM information_schema.columns "
+                  "WHERE table_schema = 'inventory' AND column_name = 'created'") == 1);
 
   // A later start finds nothing to do.
   auto again = muon::db::Migrate(pool, "inventory", kMigrations);
@@ -71,8 +73,9 @@ TEST_CASE("a failing migration leaves nothing half-written", "[db]") {
   CHECK_THROWS_WITH(muon::db::Migrate(pool, "inventory", broken),
                     Catch::Contains("migration 3 (0003_broken) of schema inventory failed"));
   CHECK(CountRows(pool, "SELECT count(*) FROM inventory.schema_migrations") == 2);
-  CHECK(CountRows(pool, "SELECT count(*) FROM information_schema.tables "
-                        "WHERE table_schema = 'inventory' AND table_name = 'extra'") == 0);
+  CHECK(CountRows(pool,
+                  "SELECT count(*) FROM information_schema.tables "
+                  "WHERE table_schema = 'inventory' AND table_name = 'extra'") == 0);
 }
 
 TEST_CASE("an applied migration that was edited is refused", "[db]") {
@@ -112,8 +115,7 @@ TEST_CASE("the pool is bounded and prepares statements on each connection", "[db
 TEST_CASE("the pool survives a PostgreSQL restart", "[db]") {
   auto& pg = muon::testing::Postgres::Shared();
   const std::string url = pg.CreateDatabase();
-  muon::db::Pool pool({.url = url, .max_connections = 3,
-                       .prepared = {{"answer", "SELECT 42"}}});
+  muon::db::Pool pool({.url = url, .max_connections = 3, .prepared = {{"answer", "SELECT 42"}}});
   auto query = [&] {
     return pool.Run([](pqxx::connection& c) {
       pqxx::nontransaction tx(c);

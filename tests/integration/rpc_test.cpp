@@ -1,9 +1,8 @@
 // The service framework and the bus against a real nats-server: typed request/reply, errors,
 // no-responders vs timeout, JSON, bad input, reconnect, and JetStream.
 
-#include <catch2/catch.hpp>
-
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <future>
 #include <thread>
 
@@ -137,8 +136,8 @@ TEST_CASE("a malformed protobuf request gets a 400 error reply and the service k
   const std::string garbage("\x0a\x64\x41\x41", 4);
   REQUIRE_FALSE(f.client->Request("svc.echo.Echo", garbage, {}, 2s, reply));
   CHECK(reply.Header("Nats-Service-Error-Code") == std::optional<std::string_view>("400"));
-  CHECK(std::string(reply.Header("Nats-Service-Error").value_or("")).find("muon.echo.v1.EchoRequest") !=
-        std::string::npos);
+  CHECK(std::string(reply.Header("Nats-Service-Error").value_or(""))
+            .find("muon.echo.v1.EchoRequest") != std::string::npos);
   CHECK(CallEcho(*f.client, "svc.echo.Echo", "still here").message() == "still here");
 }
 
@@ -233,10 +232,10 @@ TEST_CASE("JetStream: idempotent stream creation, publish dedupe by Nats-Msg-Id,
   CHECK(third.sequence == first.sequence + 1);
 
   muon::bus::PullConsumer consumer;
-  REQUIRE_FALSE(js.PullSubscribe("EVENTS",
-                                 {.durable = "reader", .filter_subject = "muon.evt.>",
-                                  .ack_wait = std::chrono::seconds(1)},
-                                 consumer));
+  REQUIRE_FALSE(js.PullSubscribe(
+      "EVENTS",
+      {.durable = "reader", .filter_subject = "muon.evt.>", .ack_wait = std::chrono::seconds(1)},
+      consumer));
   std::vector<muon::bus::Msg> batch;
   REQUIRE_FALSE(consumer.Fetch(10, 2s, batch));
   REQUIRE(batch.size() == 2);

@@ -1,10 +1,10 @@
 // The muon-echo binary as a real process: the NATS service API (ADR-32) from two instances,
 // stats arithmetic, drain on SIGTERM, and configuration errors.
 
-#include <catch2/catch.hpp>
 #include <google/protobuf/util/json_util.h>
 #include <signal.h>
 
+#include <catch2/catch.hpp>
 #include <condition_variable>
 #include <fstream>
 #include <future>
@@ -29,11 +29,10 @@ struct EchoProcess {
 
   EchoProcess(const std::string& nats_url, const std::string& instance) {
     log_path = dir.path() + "/echo.log";
-    process = muon::Process({.program = muon::testing::BinDir() + "/muon-echo",
-                             .env = {{"NATS_URL", nats_url},
-                                     {"MUON_INSTANCE", instance},
-                                     {"MUON_LOG_LEVEL", "info"}},
-                             .output_file = log_path});
+    process = muon::Process(
+        {.program = muon::testing::BinDir() + "/muon-echo",
+         .env = {{"NATS_URL", nats_url}, {"MUON_INSTANCE", instance}, {"MUON_LOG_LEVEL", "info"}},
+         .output_file = log_path});
   }
 
   std::string Log() const {
@@ -143,7 +142,8 @@ TEST_CASE("two echo instances answer $SRV.PING, INFO and STATS exactly as ADR-32
     }
     for (int i = 0; i < kBad; ++i) {
       muon::bus::Msg reply;
-      REQUIRE_FALSE(client->Request("svc.echo.Echo", std::string("\x0a\x64\x41", 3), {}, 2s, reply));
+      REQUIRE_FALSE(
+          client->Request("svc.echo.Echo", std::string("\x0a\x64\x41", 3), {}, 2s, reply));
     }
     auto replies = Gather(*client, "$SRV.STATS.echo", 2);
     REQUIRE(replies.size() == 2);
@@ -207,11 +207,10 @@ TEST_CASE("SIGTERM drains: an in-flight Sleep finishes and the process exits 0",
 }
 
 TEST_CASE("a bad configuration exits 2 and names the option", "[service-api]") {
-  auto result = muon::RunCommand(
-      {.program = muon::testing::BinDir() + "/muon-echo",
-       .args = {"--concurrency=0", "--drain-timeout=soon"},
-       .env = {{"NATS_URL", "nats://127.0.0.1:1"}}},
-      10s);
+  auto result = muon::RunCommand({.program = muon::testing::BinDir() + "/muon-echo",
+                                  .args = {"--concurrency=0", "--drain-timeout=soon"},
+                                  .env = {{"NATS_URL", "nats://127.0.0.1:1"}}},
+                                 10s);
   CHECK(result.status.code == 2);
   CHECK(result.output.find("--concurrency (env MUON_CONCURRENCY)") != std::string::npos);
   CHECK(result.output.find("--drain-timeout (env MUON_DRAIN_TIMEOUT)") != std::string::npos);

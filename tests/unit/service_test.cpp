@@ -1,21 +1,24 @@
 // Pure logic of the service framework: error mapping, stats arithmetic, subjects and names,
 // JSON writing, message coding, and descriptor lookup.
 
+#include "muon/common/service.h"
+
 #include <catch2/catch.hpp>
 
 #include "muon/common/errors.h"
 #include "muon/common/json_writer.h"
 #include "muon/common/proto_registry.h"
-#include "muon/common/service.h"
 #include "muon/echo/v1/echo.pb.h"
 
 TEST_CASE("errors map to the platform's error shape", "[errors]") {
-  const auto proto = muon::ToProto(muon::Error::Unauthorized("wrong email or password"), "auth.Login");
+  const auto proto =
+      muon::ToProto(muon::Error::Unauthorized("wrong email or password"), "auth.Login");
   CHECK(proto.id() == "auth.Login");
   CHECK(proto.code() == 401);
   CHECK(proto.status() == "Unauthorized");
-  CHECK(muon::ErrorJson(proto) ==
-        R"({"id":"auth.Login","code":401,"detail":"wrong email or password","status":"Unauthorized"})");
+  CHECK(
+      muon::ErrorJson(proto) ==
+      R"({"id":"auth.Login","code":401,"detail":"wrong email or password","status":"Unauthorized"})");
 
   CHECK(muon::StatusText(400) == "Bad Request");
   CHECK(muon::StatusText(403) == "Forbidden");
@@ -39,8 +42,9 @@ TEST_CASE("error details are JSON-escaped", "[errors]") {
   proto.set_code(400);
   proto.set_detail("bad \"quote\"\nand \\ and \x01");
   proto.set_status("Bad Request");
-  CHECK(muon::ErrorJson(proto) ==
-        R"({"id":"echo.Echo","code":400,"detail":"bad \"quote\"\nand \\ and \u0001","status":"Bad Request"})");
+  CHECK(
+      muon::ErrorJson(proto) ==
+      R"({"id":"echo.Echo","code":400,"detail":"bad \"quote\"\nand \\ and \u0001","status":"Bad Request"})");
 }
 
 TEST_CASE("average processing time follows ADR-32", "[stats]") {
@@ -67,8 +71,8 @@ TEST_CASE("subjects, names and versions", "[service]") {
   CHECK_FALSE(muon::IsValidServiceName("a b"));
   CHECK_FALSE(muon::IsValidServiceName(std::string(65, 'a')));
 
-  for (const char* ok : {"0.1.0", "1.2.3", "10.20.30", "1.0.0-alpha.1", "1.0.0+build.5",
-                         "1.0.0-rc.1+sha.abc"}) {
+  for (const char* ok :
+       {"0.1.0", "1.2.3", "10.20.30", "1.0.0-alpha.1", "1.0.0+build.5", "1.0.0-rc.1+sha.abc"}) {
     INFO(ok);
     CHECK(muon::IsValidSemver(ok));
   }
@@ -112,11 +116,21 @@ TEST_CASE("message coding in Protobuf and proto3 JSON", "[service]") {
 TEST_CASE("JSON writer keeps integers as numbers", "[json]") {
   muon::JsonWriter w;
   w.BeginObject()
-      .Key("n").Int(9'000'000'000'000'000'000)
-      .Key("neg").Int(-5)
-      .Key("list").BeginArray().String("a").Bool(true).Null().EndArray()
-      .Key("nested").BeginObject().EndObject()
-      .Key("raw").Raw("[1,2]")
+      .Key("n")
+      .Int(9'000'000'000'000'000'000)
+      .Key("neg")
+      .Int(-5)
+      .Key("list")
+      .BeginArray()
+      .String("a")
+      .Bool(true)
+      .Null()
+      .EndArray()
+      .Key("nested")
+      .BeginObject()
+      .EndObject()
+      .Key("raw")
+      .Raw("[1,2]")
       .EndObject();
   CHECK(w.str() ==
         R"({"n":9000000000000000000,"neg":-5,"list":["a",true,null],"nested":{},"raw":[1,2]})");

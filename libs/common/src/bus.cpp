@@ -16,15 +16,24 @@ class BusCategoryImpl : public std::error_category {
   const char* name() const noexcept override { return "muon.bus"; }
   std::string message(int value) const override {
     switch (static_cast<BusErrc>(value)) {
-      case BusErrc::kOk: return "ok";
-      case BusErrc::kTimeout: return "timeout waiting for a reply";
-      case BusErrc::kNoResponders: return "no responders";
-      case BusErrc::kNotConnected: return "not connected to NATS";
-      case BusErrc::kPayloadTooLarge: return "message exceeds the server's max payload";
-      case BusErrc::kInvalidArgument: return "invalid argument";
-      case BusErrc::kNotFound: return "not found";
-      case BusErrc::kJetStream: return "JetStream API error";
-      case BusErrc::kOther: return "NATS error";
+      case BusErrc::kOk:
+        return "ok";
+      case BusErrc::kTimeout:
+        return "timeout waiting for a reply";
+      case BusErrc::kNoResponders:
+        return "no responders";
+      case BusErrc::kNotConnected:
+        return "not connected to NATS";
+      case BusErrc::kPayloadTooLarge:
+        return "message exceeds the server's max payload";
+      case BusErrc::kInvalidArgument:
+        return "invalid argument";
+      case BusErrc::kNotFound:
+        return "not found";
+      case BusErrc::kJetStream:
+        return "JetStream API error";
+      case BusErrc::kOther:
+        return "NATS error";
     }
     return "unknown bus error";
   }
@@ -38,7 +47,8 @@ std::string ConnectedUrl(natsConnection* nc) {
 
 void OnDisconnected(natsConnection* nc, void* closure) {
   if (natsConnection_IsClosed(nc)) return;  // our own Close(), not an outage
-  log::Warn("nats disconnected, reconnecting", {{"url", *static_cast<const std::string*>(closure)}});
+  log::Warn("nats disconnected, reconnecting",
+            {{"url", *static_cast<const std::string*>(closure)}});
 }
 void OnReconnected(natsConnection* nc, void*) {
   log::Info("nats reconnected", {{"url", ConnectedUrl(nc)}});
@@ -46,7 +56,9 @@ void OnReconnected(natsConnection* nc, void*) {
 void OnConnected(natsConnection* nc, void*) {
   log::Info("nats connected", {{"url", ConnectedUrl(nc)}});
 }
-void OnClosed(natsConnection*, void*) { log::Debug("nats connection closed"); }
+void OnClosed(natsConnection*, void*) {
+  log::Debug("nats connection closed");
+}
 void OnAsyncError(natsConnection*, natsSubscription* sub, natsStatus err, void*) {
   const char* subject = sub != nullptr ? natsSubscription_GetSubject(sub) : nullptr;
   log::Error("nats asynchronous error",
@@ -60,7 +72,9 @@ void Check(natsStatus status, const char* what) {
 }
 
 // nats.c wants NUL-terminated strings.
-std::string Z(std::string_view s) { return std::string(s); }
+std::string Z(std::string_view s) {
+  return std::string(s);
+}
 
 }  // namespace
 
@@ -69,13 +83,18 @@ const std::error_category& BusCategory() {
   return category;
 }
 
-std::error_code make_error_code(BusErrc e) { return {static_cast<int>(e), BusCategory()}; }
+std::error_code make_error_code(BusErrc e) {
+  return {static_cast<int>(e), BusCategory()};
+}
 
 std::error_code FromNatsStatus(natsStatus status) {
   switch (status) {
-    case NATS_OK: return {};
-    case NATS_TIMEOUT: return BusErrc::kTimeout;
-    case NATS_NO_RESPONDERS: return BusErrc::kNoResponders;
+    case NATS_OK:
+      return {};
+    case NATS_TIMEOUT:
+      return BusErrc::kTimeout;
+    case NATS_NO_RESPONDERS:
+      return BusErrc::kNoResponders;
     case NATS_CONNECTION_CLOSED:
     case NATS_CONNECTION_DISCONNECTED:
     case NATS_NO_SERVER:
@@ -84,12 +103,15 @@ std::error_code FromNatsStatus(natsStatus status) {
     case NATS_STALE_CONNECTION:
     case NATS_DRAINING:
       return BusErrc::kNotConnected;
-    case NATS_MAX_PAYLOAD: return BusErrc::kPayloadTooLarge;
+    case NATS_MAX_PAYLOAD:
+      return BusErrc::kPayloadTooLarge;
     case NATS_INVALID_SUBJECT:
     case NATS_INVALID_ARG:
       return BusErrc::kInvalidArgument;
-    case NATS_NOT_FOUND: return BusErrc::kNotFound;
-    default: return BusErrc::kOther;
+    case NATS_NOT_FOUND:
+      return BusErrc::kNotFound;
+    default:
+      return BusErrc::kOther;
   }
 }
 
@@ -151,8 +173,12 @@ Headers Msg::AllHeaders() const {
   return out;
 }
 
-std::error_code Msg::Ack() const { return FromNatsStatus(natsMsg_Ack(raw_.get(), nullptr)); }
-std::error_code Msg::Nak() const { return FromNatsStatus(natsMsg_Nak(raw_.get(), nullptr)); }
+std::error_code Msg::Ack() const {
+  return FromNatsStatus(natsMsg_Ack(raw_.get(), nullptr));
+}
+std::error_code Msg::Nak() const {
+  return FromNatsStatus(natsMsg_Nak(raw_.get(), nullptr));
+}
 std::error_code Msg::InProgress() const {
   return FromNatsStatus(natsMsg_InProgress(raw_.get(), nullptr));
 }
@@ -228,7 +254,9 @@ void Subscription::Unsubscribe() {
   if (state_ && state_->sub != nullptr) natsSubscription_Unsubscribe(state_->sub);
 }
 
-natsSubscription* Subscription::raw() const { return state_ ? state_->sub : nullptr; }
+natsSubscription* Subscription::raw() const {
+  return state_ ? state_->sub : nullptr;
+}
 
 // ---- Connection ----
 
@@ -407,7 +435,9 @@ JetStream::JetStream(Connection& connection) {
   Check(natsConnection_JetStream(&js_, connection.raw(), nullptr), "natsConnection_JetStream");
 }
 
-JetStream::~JetStream() { jsCtx_Destroy(js_); }
+JetStream::~JetStream() {
+  jsCtx_Destroy(js_);
+}
 
 std::error_code JetStream::EnsureStream(const StreamConfig& config) {
   jsStreamConfig cfg;

@@ -12,14 +12,22 @@ class DbCategoryImpl : public std::error_category {
   const char* name() const noexcept override { return "muon.db"; }
   std::string message(int value) const override {
     switch (static_cast<DbErrc>(value)) {
-      case DbErrc::kOk: return "ok";
-      case DbErrc::kUnavailable: return "database unavailable";
-      case DbErrc::kPoolTimeout: return "no database connection free in time";
-      case DbErrc::kUniqueViolation: return "unique constraint violated";
-      case DbErrc::kForeignKeyViolation: return "foreign key constraint violated";
-      case DbErrc::kSerializationFailure: return "serialization failure, retry";
-      case DbErrc::kInDoubt: return "commit outcome unknown";
-      case DbErrc::kOther: return "database error";
+      case DbErrc::kOk:
+        return "ok";
+      case DbErrc::kUnavailable:
+        return "database unavailable";
+      case DbErrc::kPoolTimeout:
+        return "no database connection free in time";
+      case DbErrc::kUniqueViolation:
+        return "unique constraint violated";
+      case DbErrc::kForeignKeyViolation:
+        return "foreign key constraint violated";
+      case DbErrc::kSerializationFailure:
+        return "serialization failure, retry";
+      case DbErrc::kInDoubt:
+        return "commit outcome unknown";
+      case DbErrc::kOther:
+        return "database error";
     }
     return "unknown database error";
   }
@@ -32,7 +40,9 @@ const std::error_category& DbCategory() {
   return category;
 }
 
-std::error_code make_error_code(DbErrc e) { return {static_cast<int>(e), DbCategory()}; }
+std::error_code make_error_code(DbErrc e) {
+  return {static_cast<int>(e), DbCategory()};
+}
 
 std::error_code Classify(const std::exception& e) {
   if (const auto* db = dynamic_cast<const DbError*>(&e)) return db->code();
@@ -92,7 +102,8 @@ Pool::Lease Pool::Acquire() {
         lock.lock();
         --open_;
         cv_.notify_one();
-        throw DbError(DbErrc::kUnavailable, fmt::format("cannot connect to PostgreSQL: {}", e.what()));
+        throw DbError(DbErrc::kUnavailable,
+                      fmt::format("cannot connect to PostgreSQL: {}", e.what()));
       }
     }
     if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && idle_.empty() &&

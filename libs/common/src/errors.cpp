@@ -6,24 +6,42 @@ namespace muon {
 
 std::string_view StatusText(int code) {
   switch (code) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 412: return "Precondition Failed";
-    case 413: return "Payload Too Large";
-    case 415: return "Unsupported Media Type";
-    case 422: return "Unprocessable Entity";
-    case 429: return "Too Many Requests";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Unknown";
+    case 200:
+      return "OK";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 408:
+      return "Request Timeout";
+    case 409:
+      return "Conflict";
+    case 412:
+      return "Precondition Failed";
+    case 413:
+      return "Payload Too Large";
+    case 415:
+      return "Unsupported Media Type";
+    case 422:
+      return "Unprocessable Entity";
+    case 429:
+      return "Too Many Requests";
+    case 500:
+      return "Internal Server Error";
+    case 501:
+      return "Not Implemented";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    default:
+      return "Unknown";
   }
 }
 
@@ -43,10 +61,14 @@ Error FromProto(const common::v1::Error& proto) {
 std::string ErrorJson(const common::v1::Error& proto) {
   JsonWriter w;
   w.BeginObject()
-      .Key("id").String(proto.id())
-      .Key("code").Int(proto.code())
-      .Key("detail").String(proto.detail())
-      .Key("status").String(proto.status())
+      .Key("id")
+      .String(proto.id())
+      .Key("code")
+      .Int(proto.code())
+      .Key("detail")
+      .String(proto.detail())
+      .Key("status")
+      .String(proto.status())
       .EndObject();
   return w.Take();
 }

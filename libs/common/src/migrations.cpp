@@ -33,7 +33,8 @@ bool IsIdentifier(std::string_view s) {
 
 MigrationResult Migrate(Pool& pool, std::string_view schema, const std::vector<Migration>& all) {
   if (!IsIdentifier(schema)) {
-    throw std::invalid_argument(fmt::format("schema name \"{}\" must be a lower-case identifier", schema));
+    throw std::invalid_argument(
+        fmt::format("schema name \"{}\" must be a lower-case identifier", schema));
   }
   for (size_t i = 1; i < all.size(); ++i) {
     if (all[i].version <= all[i - 1].version) {
@@ -45,13 +46,14 @@ MigrationResult Migrate(Pool& pool, std::string_view schema, const std::vector<M
     MigrationResult result;
     pqxx::work tx(conn);
     // Transaction-scoped: released at commit or rollback, also when this process dies.
-    tx.exec_params("SELECT pg_advisory_xact_lock(hashtext($1))", fmt::format("muon.migrate.{}", schema));
+    tx.exec_params("SELECT pg_advisory_xact_lock(hashtext($1))",
+                   fmt::format("muon.migrate.{}", schema));
     tx.exec(fmt::format("CREATE SCHEMA IF NOT EXISTS {}", schema));
-    tx.exec(fmt::format(
-        "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
-        " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
-        " applied_at timestamptz NOT NULL DEFAULT now())",
-        schema));
+    tx.exec(
+        fmt::format("CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())",
+                    schema));
     std::map<int, std::string> applied;
     for (const auto& row :
          tx.exec(fmt::format("SELECT version, checksum FROM {}.schema_migrations", schema))) {
@@ -74,8 +76,8 @@ MigrationResult Migrate(Pool& pool, std::string_view schema, const std::vector<M
       try {
         tx.exec(std::string(m.sql));
       } catch (const std::exception& e) {
-        throw std::runtime_error(
-            fmt::format("migration {} ({}) of schema {} failed: {}", m.version, m.name, schema, e.what()));
+        throw std::runtime_error(fmt::format("migration {} ({}) of schema {} failed: {}", m.version,
+                                             m.name, schema, e.what()));
       }
       tx.exec_params(fmt::format("INSERT INTO {}.schema_migrations (version, name, checksum) "
                                  "VALUES ($1, $2, $3)",

@@ -37,10 +37,9 @@ bool IsJson(const bus::Msg& msg) {
 
 std::string Rfc3339(std::chrono::system_clock::time_point t) {
   const auto micros =
-      std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count() %
-      1000000;
-  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:06}Z", fmt::gmtime(std::chrono::system_clock::to_time_t(t)),
-                     micros);
+      std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count() % 1000000;
+  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:06}Z",
+                     fmt::gmtime(std::chrono::system_clock::to_time_t(t)), micros);
 }
 
 void WriteMetadata(JsonWriter& w, const std::map<std::string, std::string>& metadata) {
@@ -77,7 +76,9 @@ bool IsValidSemver(std::string_view version) {
   return std::regex_match(version.begin(), version.end(), kSemver);
 }
 
-bool IsValidReleaseLabel(std::string_view label) { return IsValidServiceName(label); }
+bool IsValidReleaseLabel(std::string_view label) {
+  return IsValidServiceName(label);
+}
 
 void DecodeMessage(std::string_view body, bool json, google::protobuf::Message& out) {
   if (json) {
@@ -86,14 +87,14 @@ void DecodeMessage(std::string_view body, bool json, google::protobuf::Message& 
     auto status = google::protobuf::util::JsonStringToMessage(
         google::protobuf::StringPiece(body.data(), body.size()), &out, options);
     if (!status.ok()) {
-      throw Error::BadRequest(fmt::format("request is not valid JSON for {}: {}",
-                                          out.GetTypeName(), status.message().as_string()));
+      throw Error::BadRequest(fmt::format("request is not valid JSON for {}: {}", out.GetTypeName(),
+                                          status.message().as_string()));
     }
     return;
   }
   if (!out.ParseFromArray(body.data(), static_cast<int>(body.size()))) {
-    throw Error::BadRequest(fmt::format("request is not a valid {} protobuf message",
-                                        out.GetTypeName()));
+    throw Error::BadRequest(
+        fmt::format("request is not a valid {} protobuf message", out.GetTypeName()));
   }
 }
 
@@ -126,9 +127,9 @@ struct Service::Endpoint {
 Service::Service(bus::Connection& connection, ServiceOptions options)
     : connection_(connection), options_(std::move(options)) {
   if (!IsValidServiceName(options_.name)) {
-    throw std::invalid_argument(fmt::format(
-        "service name \"{}\" is invalid: use 1-64 of A-Z, a-z, 0-9, dash, underscore",
-        options_.name));
+    throw std::invalid_argument(
+        fmt::format("service name \"{}\" is invalid: use 1-64 of A-Z, a-z, 0-9, dash, underscore",
+                    options_.name));
   }
   if (!IsValidSemver(options_.version)) {
     throw std::invalid_argument(
@@ -141,13 +142,16 @@ Service::Service(bus::Connection& connection, ServiceOptions options)
   if (options_.concurrency < 1) throw std::invalid_argument("concurrency must be at least 1");
   if (options_.instance_id.empty()) options_.instance_id = GenerateInstanceId();
   if (!IsValidServiceName(options_.instance_id)) {
-    throw std::invalid_argument(fmt::format(
-        "instance id \"{}\" is invalid: use A-Z, a-z, 0-9, dash, underscore", options_.instance_id));
+    throw std::invalid_argument(
+        fmt::format("instance id \"{}\" is invalid: use A-Z, a-z, 0-9, dash, underscore",
+                    options_.instance_id));
   }
   if (!options_.release.empty()) options_.metadata.emplace("release", options_.release);
 }
 
-Service::~Service() { Stop(std::chrono::seconds(30)); }
+Service::~Service() {
+  Stop(std::chrono::seconds(30));
+}
 
 void Service::AddRawEndpoint(std::string method, RawHandler handler) {
   if (running_) throw std::logic_error("AddEndpoint after Start");
@@ -188,9 +192,8 @@ void Service::Start() {
           ep->subject, ep->queue_group, [this, ep](bus::Msg& msg) { Handle(*ep, msg); }));
     }
   }
-  for (const auto& pattern :
-       {std::string("$SRV.*"), fmt::format("$SRV.*.{}", options_.name),
-        fmt::format("$SRV.*.{}.{}", options_.name, options_.instance_id)}) {
+  for (const auto& pattern : {std::string("$SRV.*"), fmt::format("$SRV.*.{}", options_.name),
+                              fmt::format("$SRV.*.{}.{}", options_.name, options_.instance_id)}) {
     discovery_subscriptions_.push_back(
         connection_.Subscribe(pattern, [this](bus::Msg& msg) { HandleDiscovery(msg); }));
   }
@@ -249,8 +252,8 @@ void Service::Handle(Endpoint& endpoint, bus::Msg& msg) {
 
   std::error_code sent;
   if (!failure) {
-    sent = json ? connection_.Respond(msg, body,
-                                      {{bus::kHeaderContentType, std::string(bus::kContentTypeJson)}})
+    sent = json ? connection_.Respond(
+                      msg, body, {{bus::kHeaderContentType, std::string(bus::kContentTypeJson)}})
                 : connection_.Respond(msg, body);
   } else {
     const auto proto = ToProto(*failure, endpoint.id);
@@ -265,7 +268,6 @@ void Service::Handle(Endpoint& endpoint, bus::Msg& msg) {
   if (sent) {
     log::Warn("could not send reply", {{"endpoint", endpoint.id}, {"error", sent.message()}});
   }
-
 }
 
 std::vector<EndpointStats> Service::Stats() const {
@@ -362,7 +364,8 @@ void Service::HandleDiscovery(bus::Msg& msg) {
   } else {
     return;  // an unknown verb is somebody else's business
   }
-  (void)connection_.Respond(msg, body, {{bus::kHeaderContentType, std::string(bus::kContentTypeJson)}});
+  (void)connection_.Respond(msg, body,
+                            {{bus::kHeaderContentType, std::string(bus::kContentTypeJson)}});
 }
 
 void Call(bus::Connection& connection, std::string_view subject,
@@ -392,8 +395,8 @@ void Call(bus::Connection& connection, std::string_view subject,
     throw Error(parsed, std::string(reply.Header(bus::kHeaderServiceError).value_or("error")));
   }
   if (!response.ParseFromArray(reply.data().data(), static_cast<int>(reply.data().size()))) {
-    throw Error(502, fmt::format("reply from {} is not a valid {}", subject,
-                                 response.GetTypeName()));
+    throw Error(502,
+                fmt::format("reply from {} is not a valid {}", subject, response.GetTypeName()));
   }
 }
 

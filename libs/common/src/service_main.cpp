@@ -10,7 +10,8 @@
 namespace muon {
 
 void AddCommonOptions(config::Spec& spec) {
-  spec.String("nats-url", "NATS_URL", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
+  spec.String("nats-url", "NATS_URL", "nats://127.0.0.1:4222",
+              "NATS server URL(s), comma-separated")
       .String("log-level", "MUON_LOG_LEVEL", "info", "debug, info, warn or error")
       .String("region", "MUON_REGION", "local", "region this process runs in")
       .String("instance", "MUON_INSTANCE", "", "instance id (generated when empty)")
@@ -40,7 +41,8 @@ int RunService(int argc, char** argv, config::Spec spec, ServiceOptions options,
     std::cout << help.what() << std::endl;
     return 0;
   } catch (const config::ConfigError& e) {
-    std::cerr << argv[0] << ": invalid configuration:\n" << e.what() << "\n"
+    std::cerr << argv[0] << ": invalid configuration:\n"
+              << e.what() << "\n"
               << "Run " << argv[0] << " --help for every option." << std::endl;
     return config::kExitBadConfig;
   }
@@ -48,7 +50,8 @@ int RunService(int argc, char** argv, config::Spec spec, ServiceOptions options,
   const auto level = log::ParseLevel(cfg.String("log-level"));
   if (!level) {
     std::cerr << argv[0] << ": invalid configuration:\n--log-level (env MUON_LOG_LEVEL): \""
-              << cfg.String("log-level") << "\" is not one of debug, info, warn, error" << std::endl;
+              << cfg.String("log-level") << "\" is not one of debug, info, warn, error"
+              << std::endl;
     return config::kExitBadConfig;
   }
   log::SetLevel(*level);

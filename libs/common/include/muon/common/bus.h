@@ -33,13 +33,13 @@ inline constexpr std::string_view kContentTypeJson = "application/json";
 
 enum class BusErrc {
   kOk = 0,
-  kTimeout,           // no reply within the deadline
-  kNoResponders,      // nobody subscribes to the subject (the server told us at once)
-  kNotConnected,      // connection is reconnecting or closed
-  kPayloadTooLarge,   // message bigger than the server's max_payload
-  kInvalidArgument,   // bad subject, bad config
-  kNotFound,          // stream/consumer does not exist
-  kJetStream,         // JetStream API error (see the logged jsErrCode)
+  kTimeout,          // no reply within the deadline
+  kNoResponders,     // nobody subscribes to the subject (the server told us at once)
+  kNotConnected,     // connection is reconnecting or closed
+  kPayloadTooLarge,  // message bigger than the server's max_payload
+  kInvalidArgument,  // bad subject, bad config
+  kNotFound,         // stream/consumer does not exist
+  kJetStream,        // JetStream API error (see the logged jsErrCode)
   kOther,
 };
 const std::error_category& BusCategory();
@@ -202,8 +202,8 @@ class JetStream {
   std::error_code EnsureStream(const StreamConfig& config);
   // Publishes and waits for the stream's ack. A non-empty msg_id goes into Nats-Msg-Id so the
   // server drops a repeat within the stream's duplicate window (ack.duplicate tells).
-  std::error_code Publish(std::string_view subject, std::string_view data,
-                          std::string_view msg_id, PubAck& ack, const Headers& headers = {});
+  std::error_code Publish(std::string_view subject, std::string_view data, std::string_view msg_id,
+                          PubAck& ack, const Headers& headers = {});
   // Binds to (creating if needed) a durable pull consumer with explicit acks.
   std::error_code PullSubscribe(std::string_view stream, const ConsumerConfig& config,
                                 PullConsumer& consumer);

@@ -107,8 +107,7 @@ class Service {
   // returns the response or throws muon::Error (anything else becomes a 500 whose text is logged,
   // not sent).
   template <typename Req, typename Resp>
-  void AddEndpoint(std::string method,
-                   std::function<Resp(const Req&, RequestContext&)> handler) {
+  void AddEndpoint(std::string method, std::function<Resp(const Req&, RequestContext&)> handler) {
     AddRawEndpoint(std::move(method),
                    [h = std::move(handler)](std::string_view body, RequestContext& ctx) {
                      Req request;
