@@ -228,6 +228,7 @@ void Service::Handle(Endpoint& endpoint, bus::Msg& msg) {
   std::string body;
   std::optional<Error> failure;
   try {
+    if (authorizer_) authorizer_(ctx);
     body = (*endpoint.handler)(msg.data(), ctx);
   } catch (const Error& e) {
     failure = e;

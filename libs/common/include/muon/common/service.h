@@ -26,6 +26,7 @@
 #include <string_view>
 #include <vector>
 
+#include "muon/auth/v1/auth.pb.h"
 #include "muon/common/bus.h"
 #include "muon/common/errors.h"
 #include "muon/common/json_writer.h"
@@ -70,11 +71,18 @@ class RequestContext {
   std::string_view endpoint_id() const { return endpoint_id_; }  // "<service>.<Method>"
   bool json() const { return json_; }
   const bus::Msg& msg() const { return msg_; }
+  std::string_view service() const { return endpoint_id_.substr(0, endpoint_id_.find('.')); }
+  std::string_view method() const { return endpoint_id_.substr(endpoint_id_.find('.') + 1); }
+
+  // The verified caller, set by the service's authorizer (nullptr for anonymous callers).
+  const auth::v1::Claims* claims() const { return claims_ ? &*claims_ : nullptr; }
+  void set_claims(auth::v1::Claims claims) { claims_ = std::move(claims); }
 
  private:
   const bus::Msg& msg_;
   std::string_view endpoint_id_;
   bool json_;
+  std::optional<auth::v1::Claims> claims_;
 };
 
 struct EndpointStats {
@@ -120,6 +128,11 @@ class Service {
   using RawHandler = std::function<std::string(std::string_view body, RequestContext& ctx)>;
   void AddRawEndpoint(std::string method, RawHandler handler);
 
+  // Runs before every handler (call before Start()); throws muon::Error (401/403) to refuse the
+  // request. Platform services install token verification and rule checks here (authz.h).
+  using Authorizer = std::function<void(RequestContext& ctx)>;
+  void SetAuthorizer(Authorizer authorizer) { authorizer_ = std::move(authorizer); }
+
   void Start();
   // Stops taking requests on every endpoint at once, waits for in-flight ones to finish (up to
   // the timeout), then stops answering $SRV. Idempotent.
@@ -146,6 +159,7 @@ class Service {
   std::vector<std::unique_ptr<Endpoint>> endpoints_;
   std::vector<bus::Subscription> discovery_subscriptions_;
   std::atomic<bool> running_{false};
+  Authorizer authorizer_;
 };
 
 // Client side of the framework: sends `request` to `subject` and decodes the reply into
