@@ -46,21 +46,11 @@ struct EchoProcess {
 // Sends one request and collects every reply that arrives within `window`, or until `want`.
 std::vector<std::string> Gather(muon::bus::Connection& conn, const std::string& subject,
                                 size_t want, std::chrono::milliseconds window = 3s) {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::vector<std::string> replies;
-  const std::string inbox = conn.NewInbox();
-  auto sub = conn.Subscribe(inbox, [&](muon::bus::Msg& msg) {
-    if (msg.data().empty()) return;  // the server's "no responders" status, not a reply
-    std::lock_guard lock(mu);
-    replies.emplace_back(msg.data());
-    cv.notify_all();
-  });
-  REQUIRE_FALSE(conn.Flush(2s));
-  REQUIRE_FALSE(conn.Publish(subject, "", {}, inbox));
-  std::unique_lock lock(mu);
-  cv.wait_for(lock, window, [&] { return replies.size() >= want; });
-  return replies;
+  std::vector<std::string> out;
+  for (auto& msg : muon::bus::Gather(conn, subject, "", window, want)) {
+    out.emplace_back(msg.data());
+  }
+  return out;
 }
 
 template <typename T>

@@ -2,10 +2,8 @@
 // `muon-bus ping`). Discovery uses the NATS service API, so it sees every Muon service and every
 // user service built with the SDK.
 
-#include <condition_variable>
 #include <cstdlib>
 #include <iostream>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -31,31 +29,6 @@ exit codes: 0 ok, 2 usage error, 3 not enough answers / timeout / no responders,
 int Usage(const std::string& problem) {
   std::cerr << "muon-bus: " << problem << "\n\n" << kUsage << std::endl;
   return 2;
-}
-
-// Collects replies to one request until `want` arrived or the timeout passed.
-std::vector<std::string> Gather(muon::bus::Connection& bus, const std::string& subject,
-                                std::chrono::milliseconds timeout, size_t want) {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::vector<std::string> replies;
-  const std::string inbox = bus.NewInbox();
-  auto sub = bus.Subscribe(inbox, [&](muon::bus::Msg& msg) {
-    if (msg.data().empty()) return;  // the server's "no responders" status, not a reply
-    std::lock_guard lock(mu);
-    replies.emplace_back(msg.data());
-    cv.notify_all();
-  });
-  (void)bus.Flush(timeout);
-  if (auto ec = bus.Publish(subject, "", {}, inbox); ec) {
-    std::cerr << "muon-bus: publish failed: " << ec.message() << std::endl;
-  }
-  std::unique_lock lock(mu);
-  cv.wait_for(lock, timeout, [&] { return want > 0 && replies.size() >= want; });
-  auto out = replies;
-  lock.unlock();
-  sub.Unsubscribe();
-  return out;
 }
 
 }  // namespace
@@ -118,8 +91,8 @@ int main(int argc, char** argv) {
     std::string subject = "$SRV." + verb;
     if (positional.size() == 2) subject += "." + positional[1];
     const size_t want = command == "ping" ? count : 0;
-    auto replies = Gather(*bus, subject, timeout, want);
-    for (const auto& r : replies) std::cout << r << "\n";
+    auto replies = muon::bus::Gather(*bus, subject, "", timeout, want);
+    for (const auto& r : replies) std::cout << r.data() << "\n";
     std::cout.flush();
     if (command == "ping" && replies.size() < count) {
       std::cerr << "muon-bus: " << replies.size() << " of " << count << " expected instance(s) of "

@@ -416,6 +416,29 @@ std::string Connection::NewInbox() const {
   return result;
 }
 
+std::vector<Msg> Gather(Connection& connection, std::string_view subject, std::string_view data,
+                        std::chrono::milliseconds window, size_t max_replies) {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<Msg> replies;
+  const std::string inbox = connection.NewInbox();
+  Subscription sub = connection.Subscribe(inbox, [&](Msg& msg) {
+    if (natsMsg_IsNoResponders(msg.raw())) return;
+    std::lock_guard lock(mu);
+    replies.push_back(std::move(msg));
+    cv.notify_all();
+  });
+  if (connection.Flush(window) || connection.Publish(subject, data, {}, inbox)) return {};
+  {
+    std::unique_lock lock(mu);
+    cv.wait_for(lock, window,
+                [&] { return max_replies > 0 && replies.size() >= max_replies; });
+  }
+  sub.Unsubscribe();
+  sub = Subscription();  // waits until the handler can no longer run
+  return std::move(replies);
+}
+
 // ---- JetStream ----
 
 namespace {

@@ -162,6 +162,12 @@ class Connection {
   int max_pending_msgs_ = 0;
 };
 
+// Scatter-gather: publishes one request and collects the replies that arrive within `window`, or
+// until `max_replies` arrived (0 = no cap). The server's "no responders" status is not a reply.
+// Used for discovery ($SRV.PING/INFO/STATS go to every instance).
+std::vector<Msg> Gather(Connection& connection, std::string_view subject, std::string_view data,
+                        std::chrono::milliseconds window, size_t max_replies = 0);
+
 // ---- JetStream ----
 
 struct StreamConfig {
