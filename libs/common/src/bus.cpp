@@ -228,6 +228,7 @@ struct Subscription::State {
   }
 };
 
+Subscription::Subscription() = default;
 Subscription::Subscription(Subscription&&) noexcept = default;
 Subscription& Subscription::operator=(Subscription&&) noexcept = default;
 Subscription::~Subscription() = default;

@@ -85,7 +85,7 @@ using MsgHandler = std::function<void(Msg&)>;
 // Destroying it unsubscribes and waits until the handler is no longer running.
 class Subscription {
  public:
-  Subscription() = default;
+  Subscription();
   Subscription(Subscription&&) noexcept;
   Subscription& operator=(Subscription&&) noexcept;
   ~Subscription();
