@@ -437,7 +437,7 @@ std::vector<Msg> Gather(Connection& connection, std::string_view subject, std::s
   }
   sub.Unsubscribe();
   sub = Subscription();  // waits until the handler can no longer run
-  return std::move(replies);
+  return replies;
 }
 
 // ---- JetStream ----
