@@ -71,6 +71,10 @@ int RunService(int argc, char** argv, config::Spec spec, ServiceOptions options,
     ServiceContext ctx{cfg, *connection, *service, on_shutdown};
     setup(ctx);
     service->Start();
+  } catch (const config::ConfigError& e) {
+    // Settings that can only be checked while starting (a file that cannot be read, ...).
+    std::cerr << argv[0] << ": invalid configuration:\n" << e.what() << std::endl;
+    return config::kExitBadConfig;
   } catch (const std::exception& e) {
     log::Error("start-up failed", {{"error", e.what()}});
     return kExitStartupFailure;
