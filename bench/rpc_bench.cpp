@@ -88,6 +88,28 @@ double Median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   muon::log::SetLevel(muon::log::Level::kWarn);
+  if (argc == 5 && std::string(argv[1]) == "--direct") {
+    // rpc_bench --direct NATS_URL SUBJECT JSON: serial p50 of a plain nats.c request/reply with a
+    // JSON body (what the ingress sends), for bench/ingress_bench.
+    auto conn = muon::bus::Connection::Connect({.url = argv[2], .name = "bench-direct"});
+    if (!conn->WaitConnected(5s)) return 1;
+    const muon::bus::Headers headers = {{"Content-Type", "application/json"}};
+    std::vector<double> samples;
+    muon::bus::Msg reply;
+    for (int i = 0; i < 12000; ++i) {
+      const auto start = Clock::now();
+      if (auto ec = conn->Request(argv[3], argv[4], headers, 2s, reply); ec) {
+        fmt::print(stderr, "request failed: {}\n", ec.message());
+        return 1;
+      }
+      if (i >= 2000) {
+        samples.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
+      }
+    }
+    std::sort(samples.begin(), samples.end());
+    fmt::print("{:.1f}\n", samples[samples.size() / 2]);
+    return 0;
+  }
   int rounds = 3;
   int serial_n = 20000;
   auto duration = 5000ms;

@@ -1,21 +1,19 @@
 #include "http_client.h"
 
-#include <utility>  // before Asio's headers with g++ 12 and C++20
-
+#include <algorithm>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-
-#include <algorithm>
 #include <stdexcept>
+#include <utility>  // before Asio's headers with g++ 12 and C++20
 
 namespace muon::testing {
 namespace beast = boost::beast;
 namespace http = beast::http;
 
-HttpResponse HttpRequest(const std::string& method, const std::string& url,
-                         const std::string& body, const std::map<std::string, std::string>& headers,
+HttpResponse HttpRequest(const std::string& method, const std::string& url, const std::string& body,
+                         const std::map<std::string, std::string>& headers,
                          std::chrono::milliseconds timeout) {
   constexpr std::string_view kScheme = "http://";
   if (url.rfind(kScheme, 0) != 0) throw std::invalid_argument("only http:// URLs: " + url);

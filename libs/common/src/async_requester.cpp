@@ -22,8 +22,7 @@ void AsyncRequester::Request(std::string_view subject, std::string_view data,
   {
     std::lock_guard lock(mu_);
     token = ++next_;
-    pending_.emplace(token,
-                     Pending{std::chrono::steady_clock::now() + timeout, std::move(done)});
+    pending_.emplace(token, Pending{std::chrono::steady_clock::now() + timeout, std::move(done)});
   }
   const std::string reply = prefix_ + std::to_string(token);
   std::error_code ec = connection_.Publish(subject, data, headers, reply);

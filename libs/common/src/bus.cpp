@@ -261,7 +261,23 @@ natsSubscription* Subscription::raw() const {
 
 // ---- Connection ----
 
+// nats.c spins on its mutexes (2000 times by default) before sleeping; with the reader, the
+// delivery threads and our own threads all taking the connection lock, that spinning burns the
+// CPU a busy proxy needs. MUON_NATS_LOCK_SPIN sets the count (-1 = nats.c's default); it must be
+// applied before the first nats.c call, hence once per process here.
+void OpenNatsLibrary() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    int64_t spin = -1;
+    if (const char* env = std::getenv("MUON_NATS_LOCK_SPIN"); env != nullptr && *env != '\0') {
+      spin = std::strtoll(env, nullptr, 10);
+    }
+    nats_Open(spin);
+  });
+}
+
 std::unique_ptr<Connection> Connection::Connect(const ConnectOptions& options) {
+  OpenNatsLibrary();
   natsOptions* raw_opts = nullptr;
   Check(natsOptions_Create(&raw_opts), "natsOptions_Create");
   std::unique_ptr<natsOptions, void (*)(natsOptions*)> opts(raw_opts, natsOptions_Destroy);
@@ -432,8 +448,7 @@ std::vector<Msg> Gather(Connection& connection, std::string_view subject, std::s
   if (connection.Flush(window) || connection.Publish(subject, data, {}, inbox)) return {};
   {
     std::unique_lock lock(mu);
-    cv.wait_for(lock, window,
-                [&] { return max_replies > 0 && replies.size() >= max_replies; });
+    cv.wait_for(lock, window, [&] { return max_replies > 0 && replies.size() >= max_replies; });
   }
   sub.Unsubscribe();
   sub = Subscription();  // waits until the handler can no longer run

@@ -1,0 +1,136 @@
+#pragma once
+// Command-line parsing for `muon`: one typed struct per command, validated up front, so a bad
+// command line is a UsageError (exit code 2) with a clear reason and the command's usage line
+// before anything touches the network or the config files.
+//
+// Global flags (--output, --env, --insecure) are accepted before or after the command words;
+// `--` ends the flags. `-h`/`--help` anywhere asks for the command's help.
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+namespace muon::cli {
+
+enum class OutputFormat { kTable, kJson };
+
+struct GlobalOptions {
+  OutputFormat output = OutputFormat::kTable;
+  std::string env;        // --env NAME; empty = the current env (or $MUON_ENV)
+  bool insecure = false;  // --insecure: skip TLS verification
+};
+
+struct HelpCmd {
+  std::string text;
+};
+struct VersionCmd {};
+
+struct EnvListCmd {};
+struct EnvAddCmd {
+  std::string name;
+  std::string url;
+  std::string region;
+};
+struct EnvUseCmd {
+  std::string name;
+};
+struct EnvRemoveCmd {
+  std::string name;
+};
+
+struct LoginCmd {
+  std::string region;
+  std::string email;
+  bool password_stdin = false;
+};
+struct LogoutCmd {};
+struct WhoamiCmd {};
+struct TokenCmd {};
+struct SignupCmd {
+  std::string invite;
+  std::string email;
+  std::optional<std::string> name;
+  bool password_stdin = false;
+};
+struct PasswdCmd {
+  bool password_stdin = false;  // two lines: current password, new password
+};
+
+struct CallCmd {
+  std::string service;
+  std::string method;
+  std::string body = "{}";                          // ignored when body_from_stdin
+  bool body_from_stdin = false;                     // the body argument was "-"
+  std::string version;                              // --version → Muon-Version
+  std::optional<std::chrono::nanoseconds> timeout;  // --timeout → Muon-Timeout
+};
+struct ServicesCmd {};
+
+struct AccountsListCmd {};
+struct AccountsSetDisabledCmd {
+  std::string email;
+  bool disabled = true;
+};
+struct InvitesListCmd {};
+struct InvitesCreateCmd {
+  std::string email;
+  std::vector<std::string> roles;      // empty = the server's default
+  std::optional<int64_t> ttl_seconds;  // empty = the server's default
+};
+struct RulesListCmd {};
+struct RulesAddCmd {
+  std::string role;
+  std::string service;
+  std::string endpoint;
+  std::string effect;  // "allow" or "deny"
+  int32_t priority = 0;
+  std::string description;
+};
+struct RulesDeleteCmd {
+  std::string id;
+};
+
+using Command =
+    std::variant<HelpCmd, VersionCmd, EnvListCmd, EnvAddCmd, EnvUseCmd, EnvRemoveCmd, LoginCmd,
+                 LogoutCmd, WhoamiCmd, TokenCmd, SignupCmd, PasswdCmd, CallCmd, ServicesCmd,
+                 AccountsListCmd, AccountsSetDisabledCmd, InvitesListCmd, InvitesCreateCmd,
+                 RulesListCmd, RulesAddCmd, RulesDeleteCmd>;
+
+struct Invocation {
+  GlobalOptions global;
+  Command command;
+};
+
+// A bad command line: what() is the problem (one line), usage() the command's usage text.
+class UsageError : public std::runtime_error {
+ public:
+  UsageError(const std::string& problem, std::string usage)
+      : std::runtime_error(problem), usage_(std::move(usage)) {}
+  const std::string& usage() const { return usage_; }
+
+ private:
+  std::string usage_;
+};
+
+// Parses the arguments after argv[0]. Throws UsageError.
+Invocation ParseArgs(const std::vector<std::string>& args);
+
+// `muon --help`: commands, global flags, environment variables, exit codes.
+std::string MainHelp();
+
+// The version `muon --version` prints.
+std::string_view CliVersion();
+
+// Names the CLI accepts: env names and regions ([A-Za-z0-9][A-Za-z0-9._-]*, at most 63),
+// service names ([a-z0-9][a-z0-9_-]*; no dots, they separate NATS subject tokens) and method
+// names ([A-Za-z_][A-Za-z0-9_]*).
+bool IsValidEnvName(std::string_view name);
+bool IsValidServiceName(std::string_view name);
+bool IsValidMethodName(std::string_view name);
+
+}  // namespace muon::cli

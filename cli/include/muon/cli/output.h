@@ -1,0 +1,53 @@
+#pragma once
+// Output for humans (aligned tables, short durations and times) and for scripts (JSON), plus the
+// JSON plumbing: everything goes through protobuf's JSON mapping, free-form JSON through
+// google.protobuf.Value.
+
+#include <google/protobuf/message.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace muon::cli {
+
+// proto3 JSON (lowerCamelCase names, default values omitted).
+std::string ToJson(const google::protobuf::Message& message, bool pretty = false);
+
+// Parses proto3 JSON into `message`, ignoring unknown fields (servers may add some). On failure
+// returns false and sets *error.
+bool FromJson(std::string_view json, google::protobuf::Message* message, std::string* error);
+
+// nullopt when `text` is one valid JSON value (object, array, string, number, true/false/null);
+// else the parser's reason.
+std::optional<std::string> JsonError(std::string_view text);
+
+// Re-renders a JSON value with object keys sorted: indented when `pretty`, else on one line.
+// nullopt when `text` is not JSON. Numbers go through double (integers beyond 2^53 lose digits).
+std::optional<std::string> ReformatJson(std::string_view text, bool pretty);
+
+// Columns padded to the widest cell (counted in UTF-8 code points), three spaces apart, the last
+// column unpadded; one line per row, each ending in '\n'. Control characters in cells become
+// spaces so server-supplied text cannot drive the terminal.
+std::string RenderTable(const std::vector<std::string>& headers,
+                        const std::vector<std::vector<std::string>>& rows);
+
+// Replaces control characters (and DEL) with spaces; keeps UTF-8 as is.
+std::string Sanitize(std::string_view text);
+
+// Display width of UTF-8 text in code points.
+size_t DisplayWidth(std::string_view text);
+
+// 900 → "15m", 5400 → "1h30m", 45 → "45s", 90061 → "1d1h1m1s" (units that are 0 are left out);
+// 0 or less → "0s".
+std::string FormatSeconds(int64_t seconds);
+
+// "2026-11-22 05:00:00 UTC"
+std::string FormatUnixTime(int64_t unix_seconds);
+
+// Quotes `text` for a POSIX shell when it contains anything beyond [A-Za-z0-9@%+=:,./_-].
+std::string ShellQuote(std::string_view text);
+
+}  // namespace muon::cli

@@ -1,0 +1,619 @@
+#include "muon/cli/commands.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <map>
+
+#include "muon/cli/exit_codes.h"
+#include "muon/common/config.h"
+
+#ifndef MUON_CLI_VERSION
+#define MUON_CLI_VERSION "0.0.0"
+#endif
+
+namespace muon::cli {
+namespace {
+
+struct FlagSpec {
+  std::string name;        // without dashes
+  std::string value_name;  // empty for a boolean flag
+  bool repeatable = false;
+  std::string help;
+};
+
+struct Positional {
+  std::string name;
+  bool required = true;
+};
+
+struct CommandSpec {
+  std::vector<std::string> path;  // {"env", "add"}
+  std::vector<Positional> positionals;
+  std::vector<FlagSpec> flags;
+  std::string summary;
+  std::string details;  // optional extra paragraph for --help
+};
+
+const std::vector<FlagSpec>& GlobalFlags() {
+  static const std::vector<FlagSpec> kFlags = {
+      {"output", "json|table", false, "table for humans (default), json for scripts"},
+      {"env", "NAME", false, "use this env for one command (default: the current env)"},
+      {"insecure", "", false, "do not verify the ingress's TLS certificate"},
+  };
+  return kFlags;
+}
+
+const std::vector<CommandSpec>& Specs() {
+  static const std::vector<CommandSpec> kSpecs = {
+      {{"env", "list"}, {}, {}, "list the configured ingress endpoints"},
+      {{"env", "add"},
+       {{"NAME"}, {"URL"}},
+       {{"region", "R", false, "the region this ingress serves (matched by login --region)"}},
+       "add a named ingress endpoint (the first one becomes current)",
+       "URL is http(s)://host[:port][/prefix]."},
+      {{"env", "use"}, {{"NAME"}}, {}, "make NAME the current env"},
+      {{"env", "remove"}, {{"NAME"}}, {}, "remove an env and its stored credentials"},
+      {{"login"},
+       {},
+       {{"region", "R", false, "log in at the env whose region (or name) is R"},
+        {"email", "E", false, "account email (prompted for on a terminal)"},
+        {"password-stdin", "", false, "read the password from the first line of stdin"}},
+       "log in and store the tokens",
+       "Without --password-stdin the password is prompted for on the terminal (not echoed)."},
+      {{"logout"}, {}, {}, "revoke the session and delete the stored credentials"},
+      {{"whoami"},
+       {},
+       {},
+       "show the logged-in account, its roles and the token's region and expiry"},
+      {{"token"},
+       {},
+       {},
+       "print a valid access token for scripts (refreshed when needed)",
+       "e.g. curl -H \"Authorization: Bearer $(muon token)\" URL\n"
+       "MUON_TOKEN=<token> makes any command use that token instead of the stored session."},
+      {{"signup"},
+       {},
+       {{"invite", "CODE", false, "the invite code an admin gave you (required)"},
+        {"email", "E", false, "the invited email address (required)"},
+        {"name", "N", false, "your name"},
+        {"password-stdin", "", false, "read the new password from the first line of stdin"}},
+       "create your account with an invite and log in"},
+      {{"passwd"},
+       {},
+       {{"password-stdin", "", false,
+         "read the current password, then the new one, from two lines of stdin"}},
+       "change your password"},
+      {{"call"},
+       {{"SERVICE"}, {"METHOD"}, {"JSON|-", false}},
+       {{"version", "V", false, "call this release or preview version (header Muon-Version)"},
+        {"timeout", "D", false, "give up after D, e.g. 500ms, 5s (header Muon-Timeout)"}},
+       "call a method of a service through the ingress",
+       "The body is the JSON argument, stdin with '-', or {} when omitted; it must be valid JSON.\n"
+       "The reply is pretty-printed; with --output json it is printed on one line."},
+      {{"services"}, {}, {}, "list the running services, their versions, instances and endpoints"},
+      {{"accounts", "list"}, {}, {}, "list accounts (admin)"},
+      {{"accounts", "disable"}, {{"EMAIL"}}, {}, "disable an account (admin)"},
+      {{"accounts", "enable"}, {{"EMAIL"}}, {}, "enable a disabled account (admin)"},
+      {{"invites", "list"}, {}, {}, "list invites (admin)"},
+      {{"invites", "create"},
+       {{"EMAIL"}},
+       {{"role", "R", true, "grant role R (repeatable, or comma-separated; default: developer)"},
+        {"ttl", "D", false, "how long the invite is valid, e.g. 48h (default: 7 days)"}},
+       "invite someone; prints the code and the signup command to give them (admin)"},
+      {{"rules", "list"}, {}, {}, "list access rules, highest priority first (admin)"},
+      {{"rules", "add"},
+       {},
+       {{"role", "R", false, "a role, '*' (any logged-in caller) or 'public' (required)"},
+        {"service", "S", false, "a service name or '*' (required)"},
+        {"endpoint", "P", false, "a method pattern, '*' matches any run of characters (required)"},
+        {"effect", "allow|deny", false, "(required)"},
+        {"priority", "N", false, "highest wins; on a tie deny wins (required)"},
+        {"description", "T", false, "why the rule exists"}},
+       "add an access rule (admin)"},
+      {{"rules", "delete"}, {{"ID"}}, {}, "delete an access rule (admin)"},
+  };
+  return kSpecs;
+}
+
+// Group commands: their subcommands and the one used when none is given.
+const std::map<std::string, std::pair<std::vector<std::string>, std::string>>& Groups() {
+  static const std::map<std::string, std::pair<std::vector<std::string>, std::string>> kGroups = {
+      {"env", {{"list", "add", "use", "remove"}, "list"}},
+      {"accounts", {{"list", "disable", "enable"}, "list"}},
+      {"invites", {{"list", "create"}, "list"}},
+      {"rules", {{"list", "add", "delete"}, "list"}},
+  };
+  return kGroups;
+}
+
+std::string Join(const std::vector<std::string>& parts, std::string_view sep) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (i > 0) out += sep;
+    out += parts[i];
+  }
+  return out;
+}
+
+std::string PathString(const CommandSpec& spec) {
+  return Join(spec.path, " ");
+}
+
+std::string UsageLine(const CommandSpec& spec) {
+  std::string line = "usage: muon " + PathString(spec);
+  for (const auto& p : spec.positionals) {
+    line += p.required ? " " + p.name : " [" + p.name + "]";
+  }
+  for (const auto& f : spec.flags) {
+    std::string flag = "--" + f.name + (f.value_name.empty() ? "" : " " + f.value_name);
+    const bool required = f.help.find("(required)") != std::string::npos;
+    line += required ? " " + flag : " [" + flag + "]";
+    if (f.repeatable) line += "...";
+  }
+  return line;
+}
+
+// Two columns: the flags and their help; `extra` rows (already spelled out) go last.
+std::string FlagTable(const std::vector<FlagSpec>& flags,
+                      const std::vector<std::pair<std::string, std::string>>& extra = {}) {
+  std::vector<std::pair<std::string, std::string>> rows;
+  for (const auto& f : flags) {
+    rows.emplace_back("--" + f.name + (f.value_name.empty() ? "" : " " + f.value_name), f.help);
+  }
+  rows.insert(rows.end(), extra.begin(), extra.end());
+  size_t width = 0;
+  for (const auto& row : rows) width = std::max(width, row.first.size());
+  std::string out;
+  for (const auto& [left, help] : rows) out += fmt::format("  {:<{}}  {}\n", left, width, help);
+  return out;
+}
+
+std::string CommandHelp(const CommandSpec& spec) {
+  std::string out = UsageLine(spec) + "\n\n" + spec.summary + ".\n";
+  if (!spec.details.empty()) out += spec.details + "\n";
+  if (!spec.flags.empty()) out += "\nflags:\n" + FlagTable(spec.flags);
+  out += "\nglobal flags:\n" + FlagTable(GlobalFlags(), {{"-h, --help", "show this help"}});
+  return out;
+}
+
+std::string ShortUsage(const CommandSpec& spec) {
+  return UsageLine(spec) + "\n(run `muon " + PathString(spec) + " --help` for details)";
+}
+
+const CommandSpec* FindSpec(const std::vector<std::string>& path) {
+  for (const auto& spec : Specs()) {
+    if (spec.path == path) return &spec;
+  }
+  return nullptr;
+}
+
+std::string MainUsage() {
+  return "usage: muon [--output json|table] [--env NAME] COMMAND [args]\n"
+         "(run `muon --help` for the list of commands)";
+}
+
+struct Parsed {
+  std::vector<std::string> positionals;
+  std::map<std::string, std::vector<std::string>> flags;
+
+  bool Has(const std::string& name) const { return flags.count(name) > 0; }
+  std::string Get(const std::string& name) const {
+    auto it = flags.find(name);
+    return it == flags.end() || it->second.empty() ? std::string{} : it->second.back();
+  }
+};
+
+const FlagSpec* FindFlag(const std::vector<FlagSpec>& flags, std::string_view name) {
+  for (const auto& f : flags) {
+    if (f.name == name) return &f;
+  }
+  return nullptr;
+}
+
+void ApplyGlobal(GlobalOptions& global, const std::string& name, const std::string& value,
+                 const std::string& usage) {
+  if (name == "output") {
+    if (value == "json") {
+      global.output = OutputFormat::kJson;
+    } else if (value == "table") {
+      global.output = OutputFormat::kTable;
+    } else {
+      throw UsageError(fmt::format("--output must be json or table, not '{}'", value), usage);
+    }
+  } else if (name == "env") {
+    if (!IsValidEnvName(value)) {
+      throw UsageError(fmt::format("--env: '{}' is not a valid env name", value), usage);
+    }
+    global.env = value;
+  } else if (name == "insecure") {
+    global.insecure = true;
+  }
+}
+
+// Reads one flag token at args[i] (a global flag, or one of `flags` when given). Returns false
+// when the token is not a flag. Advances i past a separate value.
+bool TakeFlag(const std::vector<std::string>& args, size_t& i, const std::vector<FlagSpec>* flags,
+              GlobalOptions& global, Parsed* parsed, const std::string& usage,
+              const std::string& where) {
+  const std::string& arg = args[i];
+  std::string name;
+  std::optional<std::string> inline_value;
+  if (arg == "-o") {
+    name = "output";
+  } else if (arg.size() > 2 && arg.compare(0, 2, "--") == 0) {
+    const auto eq = arg.find('=');
+    name = arg.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
+    if (eq != std::string::npos) inline_value = arg.substr(eq + 1);
+  } else if (arg.size() > 1 && arg[0] == '-') {
+    throw UsageError(fmt::format("{}unknown flag {}", where, arg), usage);
+  } else {
+    return false;
+  }
+  const FlagSpec* spec = flags != nullptr ? FindFlag(*flags, name) : nullptr;
+  const bool global_flag = spec == nullptr && FindFlag(GlobalFlags(), name) != nullptr;
+  if (spec == nullptr) spec = FindFlag(GlobalFlags(), name);
+  if (spec == nullptr) throw UsageError(fmt::format("{}unknown flag --{}", where, name), usage);
+
+  std::string value;
+  if (spec->value_name.empty()) {
+    if (inline_value) {
+      throw UsageError(fmt::format("{}flag --{} takes no value", where, name), usage);
+    }
+  } else if (inline_value) {
+    value = *inline_value;
+  } else {
+    if (i + 1 >= args.size()) {
+      throw UsageError(fmt::format("{}flag --{} needs a value ({})", where, name, spec->value_name),
+                       usage);
+    }
+    value = args[++i];
+  }
+  if (global_flag) {
+    ApplyGlobal(global, name, value, usage);
+    return true;
+  }
+  auto& values = parsed->flags[name];
+  if (!values.empty() && !spec->repeatable) {
+    throw UsageError(fmt::format("{}flag --{} given more than once", where, name), usage);
+  }
+  values.push_back(value);
+  return true;
+}
+
+bool IsHelp(const std::string& arg) {
+  return arg == "-h" || arg == "--help";
+}
+
+std::string Trimmed(std::string_view s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  return std::string(s);
+}
+
+void RequireEmail(const std::string& email, const std::string& what, const std::string& usage) {
+  if (email.empty() || email.find('@') == std::string::npos ||
+      std::any_of(email.begin(), email.end(),
+                  [](unsigned char c) { return std::isspace(c) || std::iscntrl(c); })) {
+    throw UsageError(fmt::format("{}: '{}' is not an email address", what, email), usage);
+  }
+}
+
+std::string Required(const Parsed& p, const std::string& flag, const std::string& usage) {
+  std::string value = p.Get(flag);
+  if (value.empty()) throw UsageError(fmt::format("--{} is required", flag), usage);
+  return value;
+}
+
+std::chrono::nanoseconds PositiveDuration(const std::string& flag, const std::string& text,
+                                          const std::string& usage) {
+  auto d = config::ParseDuration(text);
+  if (!d) {
+    throw UsageError(
+        fmt::format("--{}: '{}' is not a duration (e.g. 500ms, 5s, 1m30s, 48h)", flag, text),
+        usage);
+  }
+  if (d->count() <= 0) throw UsageError(fmt::format("--{} must be more than 0", flag), usage);
+  return *d;
+}
+
+Command Build(const CommandSpec& spec, const Parsed& p, const std::string& usage) {
+  const std::string path = PathString(spec);
+  auto pos = [&](size_t i) { return i < p.positionals.size() ? p.positionals[i] : std::string{}; };
+
+  if (path == "env list") return EnvListCmd{};
+  if (path == "env add") {
+    EnvAddCmd cmd{pos(0), pos(1), p.Get("region")};
+    if (!IsValidEnvName(cmd.name)) {
+      throw UsageError(
+          fmt::format("'{}' is not a valid env name (letters, digits, '.', '_', '-')", cmd.name),
+          usage);
+    }
+    if (!cmd.region.empty() && !IsValidEnvName(cmd.region)) {
+      throw UsageError(fmt::format("--region: '{}' is not a valid region name", cmd.region), usage);
+    }
+    return cmd;
+  }
+  if (path == "env use" || path == "env remove") {
+    if (!IsValidEnvName(pos(0))) {
+      throw UsageError(fmt::format("'{}' is not a valid env name", pos(0)), usage);
+    }
+    if (path == "env use") return EnvUseCmd{pos(0)};
+    return EnvRemoveCmd{pos(0)};
+  }
+  if (path == "login") {
+    LoginCmd cmd{p.Get("region"), Trimmed(p.Get("email")), p.Has("password-stdin")};
+    if (p.Has("region") && !IsValidEnvName(cmd.region)) {
+      throw UsageError(fmt::format("--region: '{}' is not a valid region name", cmd.region), usage);
+    }
+    if (p.Has("email")) RequireEmail(cmd.email, "--email", usage);
+    return cmd;
+  }
+  if (path == "logout") return LogoutCmd{};
+  if (path == "whoami") return WhoamiCmd{};
+  if (path == "token") return TokenCmd{};
+  if (path == "signup") {
+    SignupCmd cmd;
+    cmd.invite = Trimmed(Required(p, "invite", usage));
+    cmd.email = Trimmed(Required(p, "email", usage));
+    RequireEmail(cmd.email, "--email", usage);
+    if (p.Has("name")) cmd.name = p.Get("name");
+    cmd.password_stdin = p.Has("password-stdin");
+    return cmd;
+  }
+  if (path == "passwd") return PasswdCmd{p.Has("password-stdin")};
+  if (path == "call") {
+    CallCmd cmd;
+    cmd.service = pos(0);
+    cmd.method = pos(1);
+    if (!IsValidServiceName(cmd.service)) {
+      throw UsageError(
+          fmt::format("'{}' is not a service name (letters, digits, '_', '-')", cmd.service),
+          usage);
+    }
+    if (!IsValidMethodName(cmd.method)) {
+      throw UsageError(
+          fmt::format("'{}' is not a method name (letters, digits, '_'; e.g. Echo)", cmd.method),
+          usage);
+    }
+    if (p.positionals.size() > 2) {
+      if (pos(2) == "-") {
+        cmd.body_from_stdin = true;
+      } else {
+        cmd.body = pos(2);
+      }
+    }
+    if (p.Has("version")) {
+      cmd.version = p.Get("version");
+      if (!IsValidEnvName(cmd.version)) {
+        throw UsageError(fmt::format("--version: '{}' is not a version name", cmd.version), usage);
+      }
+    }
+    if (p.Has("timeout")) cmd.timeout = PositiveDuration("timeout", p.Get("timeout"), usage);
+    return cmd;
+  }
+  if (path == "services") return ServicesCmd{};
+  if (path == "accounts list") return AccountsListCmd{};
+  if (path == "accounts disable" || path == "accounts enable") {
+    RequireEmail(pos(0), "EMAIL", usage);
+    return AccountsSetDisabledCmd{pos(0), path == "accounts disable"};
+  }
+  if (path == "invites list") return InvitesListCmd{};
+  if (path == "invites create") {
+    InvitesCreateCmd cmd;
+    cmd.email = pos(0);
+    RequireEmail(cmd.email, "EMAIL", usage);
+    auto it = p.flags.find("role");
+    if (it != p.flags.end()) {
+      for (const auto& value : it->second) {
+        size_t start = 0;
+        while (start <= value.size()) {
+          const auto comma = value.find(',', start);
+          std::string role = Trimmed(
+              value.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+          if (role.empty()) throw UsageError("--role: empty role name", usage);
+          if (std::find(cmd.roles.begin(), cmd.roles.end(), role) == cmd.roles.end()) {
+            cmd.roles.push_back(role);
+          }
+          if (comma == std::string::npos) break;
+          start = comma + 1;
+        }
+      }
+    }
+    if (p.Has("ttl")) {
+      const auto ttl = PositiveDuration("ttl", p.Get("ttl"), usage);
+      const auto seconds = std::chrono::ceil<std::chrono::seconds>(ttl).count();
+      cmd.ttl_seconds = seconds;
+    }
+    return cmd;
+  }
+  if (path == "rules list") return RulesListCmd{};
+  if (path == "rules add") {
+    RulesAddCmd cmd;
+    cmd.role = Required(p, "role", usage);
+    cmd.service = Required(p, "service", usage);
+    cmd.endpoint = Required(p, "endpoint", usage);
+    cmd.effect = Required(p, "effect", usage);
+    if (cmd.effect != "allow" && cmd.effect != "deny") {
+      throw UsageError(fmt::format("--effect must be allow or deny, not '{}'", cmd.effect), usage);
+    }
+    const std::string priority = Required(p, "priority", usage);
+    int32_t value = 0;
+    const char* end = priority.data() + priority.size();
+    auto [ptr, ec] = std::from_chars(priority.data(), end, value);
+    if (ec != std::errc() || ptr != end) {
+      throw UsageError(fmt::format("--priority: '{}' is not a whole number", priority), usage);
+    }
+    cmd.priority = value;
+    cmd.description = p.Get("description");
+    return cmd;
+  }
+  if (path == "rules delete") {
+    if (pos(0).empty()) throw UsageError("ID must not be empty", usage);
+    return RulesDeleteCmd{pos(0)};
+  }
+  throw UsageError(fmt::format("unknown command '{}'", path), MainUsage());
+}
+
+bool NameChars(std::string_view name, bool allow_dot) {
+  return std::all_of(name.begin(), name.end(), [&](unsigned char c) {
+    return std::isalnum(c) || c == '_' || c == '-' || (allow_dot && c == '.');
+  });
+}
+
+}  // namespace
+
+bool IsValidEnvName(std::string_view name) {
+  return !name.empty() && name.size() <= 63 && std::isalnum(static_cast<unsigned char>(name[0])) &&
+         NameChars(name, true);
+}
+
+bool IsValidServiceName(std::string_view name) {
+  return !name.empty() && name.size() <= 128 && std::isalnum(static_cast<unsigned char>(name[0])) &&
+         NameChars(name, false);
+}
+
+bool IsValidMethodName(std::string_view name) {
+  return !name.empty() && name.size() <= 128 &&
+         (std::isalpha(static_cast<unsigned char>(name[0])) || name[0] == '_') &&
+         std::all_of(name.begin(), name.end(),
+                     [](unsigned char c) { return std::isalnum(c) || c == '_'; });
+}
+
+std::string_view CliVersion() {
+  return MUON_CLI_VERSION;
+}
+
+std::string MainHelp() {
+  std::string out = fmt::format(
+      "muon {} — the command line of the Muon platform\n\n"
+      "usage: muon [global flags] COMMAND [args]\n\ncommands:\n",
+      CliVersion());
+  size_t width = 0;
+  for (const auto& spec : Specs()) width = std::max(width, PathString(spec).size());
+  for (const auto& spec : Specs()) {
+    out += fmt::format("  {:<{}}  {}\n", PathString(spec), width, spec.summary);
+  }
+  out += "\nglobal flags:\n" +
+         FlagTable(GlobalFlags(), {{"-o json|table", "short for --output"},
+                                   {"-h, --help", "show help (also `muon COMMAND --help`)"},
+                                   {"--version", "print the CLI version"}});
+  out += R"(
+which ingress: --env NAME (or $MUON_ENV), else the current env (`muon env use`), else
+$MUON_INGRESS_URL (with $MUON_REGION), else MUON_INGRESS_URL in $MUON_STATE_DIR/stack.env or
+<git toplevel or cwd>/.muon/stack.env, which the local stack (scripts/up) writes.
+
+environment:
+  XDG_CONFIG_HOME   config and credentials go to $XDG_CONFIG_HOME/muon (default ~/.config/muon)
+  MUON_ENV          same as --env
+  MUON_INSECURE=1   same as --insecure
+  MUON_CA_FILE      PEM file of CA certificates to trust instead of the system's
+  MUON_TOKEN        an access token to use instead of the stored session (never refreshed)
+
+)";
+  out += std::string(kExitCodeHelp) + "\n";
+  return out;
+}
+
+Invocation ParseArgs(const std::vector<std::string>& args) {
+  Invocation inv;
+  size_t i = 0;
+  // Global flags before the command.
+  for (; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (IsHelp(arg)) {
+      inv.command = HelpCmd{MainHelp()};
+      return inv;
+    }
+    if (arg == "--version") {
+      inv.command = VersionCmd{};
+      return inv;
+    }
+    if (arg == "--") {
+      ++i;
+      break;
+    }
+    if (!TakeFlag(args, i, nullptr, inv.global, nullptr, MainUsage(), "")) break;
+  }
+  if (i >= args.size()) throw UsageError("missing command", MainUsage());
+
+  // The command words.
+  std::vector<std::string> path = {args[i++]};
+  bool help_topic = false;
+  if (path[0] == "help" || path[0] == "version") {
+    if (path[0] == "version") {
+      inv.command = VersionCmd{};
+      return inv;
+    }
+    help_topic = true;
+    if (i >= args.size()) {
+      inv.command = HelpCmd{MainHelp()};
+      return inv;
+    }
+    path = {args[i++]};
+  }
+  auto group = Groups().find(path[0]);
+  if (group != Groups().end()) {
+    const auto& [subcommands, fallback] = group->second;
+    if (i < args.size() && !args[i].empty() && args[i][0] != '-') {
+      if (std::find(subcommands.begin(), subcommands.end(), args[i]) == subcommands.end()) {
+        throw UsageError(fmt::format("unknown command 'muon {} {}' (expected one of: {})", path[0],
+                                     args[i], Join(subcommands, ", ")),
+                         fmt::format("(run `muon {} --help` for details)", path[0]));
+      }
+      path.push_back(args[i++]);
+    } else {
+      path.push_back(fallback);
+    }
+  }
+  const CommandSpec* spec = FindSpec(path);
+  if (spec == nullptr) {
+    throw UsageError(fmt::format("unknown command '{}'", Join(path, " ")), MainUsage());
+  }
+  if (help_topic) {
+    inv.command = HelpCmd{CommandHelp(*spec)};
+    return inv;
+  }
+  const std::string usage = ShortUsage(*spec);
+  const std::string where = PathString(*spec) + ": ";
+
+  // A help flag wins over any other problem on the line.
+  for (size_t j = i; j < args.size() && args[j] != "--"; ++j) {
+    if (IsHelp(args[j])) {
+      inv.command = HelpCmd{CommandHelp(*spec)};
+      return inv;
+    }
+  }
+
+  Parsed parsed;
+  bool only_positionals = false;
+  for (; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (!only_positionals && arg == "--") {
+      only_positionals = true;
+      continue;
+    }
+    if (!only_positionals && TakeFlag(args, i, &spec->flags, inv.global, &parsed, usage, where)) {
+      continue;
+    }
+    parsed.positionals.push_back(arg);
+  }
+  const size_t max = spec->positionals.size();
+  size_t min = 0;
+  for (const auto& p : spec->positionals) min += p.required ? 1 : 0;
+  if (parsed.positionals.size() < min) {
+    throw UsageError(
+        fmt::format("{}missing {}", where, spec->positionals[parsed.positionals.size()].name),
+        usage);
+  }
+  if (parsed.positionals.size() > max) {
+    throw UsageError(fmt::format("{}unexpected argument '{}'", where, parsed.positionals[max]),
+                     usage);
+  }
+  inv.command = Build(*spec, parsed, usage);
+  return inv;
+}
+
+}  // namespace muon::cli

@@ -1,0 +1,251 @@
+#include "http_server.h"
+
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/ssl.hpp>
+
+#include "muon/common/log.h"
+
+namespace muon::ingress {
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+// One connection. Stream is beast::tcp_stream or beast::ssl_stream<beast::tcp_stream>.
+template <typename Stream>
+class Session : public std::enable_shared_from_this<Session<Stream>> {
+ public:
+  Session(Stream stream, HttpServer& server, RequestHandler& handler, const ServerOptions& options,
+          size_t worker, ClientInfo client)
+      : stream_(std::move(stream)),
+        server_(server),
+        handler_(handler),
+        options_(options),
+        worker_(worker),
+        client_(std::move(client)) {
+    server_.connection_counter()++;
+  }
+  ~Session() {
+    if (counted_) server_.in_flight_counter()--;
+    server_.connection_counter()--;
+  }
+
+  void Start() {
+    if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
+      ReadRequest();
+    } else {
+      beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(10));
+      stream_.async_handshake(asio::ssl::stream_base::server,
+                              [self = this->shared_from_this()](beast::error_code ec) {
+                                if (ec) return;  // a failed handshake is the client's problem
+                                self->ReadRequest();
+                              });
+    }
+  }
+
+ private:
+  void ReadRequest() {
+    parser_.emplace();
+    parser_->body_limit(options_.max_body_bytes);
+    parser_->header_limit(64 * 1024);
+    beast::get_lowest_layer(stream_).expires_after(options_.idle_timeout);
+    http::async_read(
+        stream_, buffer_, *parser_,
+        [self = this->shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
+  }
+
+  void OnRead(beast::error_code ec) {
+    if (ec == http::error::end_of_stream || ec == beast::error::timeout ||
+        ec == asio::error::operation_aborted || ec == asio::error::connection_reset ||
+        ec == asio::error::eof) {
+      return Close();
+    }
+    if (ec == http::error::body_limit) {
+      return Refuse(
+          413, fmt::format("request body is over the limit of {} bytes", options_.max_body_bytes));
+    }
+    if (ec == http::error::header_limit) {
+      return Refuse(400, "request headers are over the 64 KiB limit");
+    }
+    if (ec) return Refuse(400, fmt::format("malformed HTTP request: {}", ec.message()));
+
+    Request request = parser_->release();
+    keep_alive_ = request.keep_alive();
+    server_.in_flight_counter()++;
+    counted_ = true;
+    const unsigned version = request.version();
+    // Nothing may time out the socket while the handler works; the handler has its own timeout.
+    beast::get_lowest_layer(stream_).expires_never();
+    auto& io = server_.worker_context(worker_);
+    handler_.Handle(std::move(request), client_, worker_,
+                    [self = this->shared_from_this(), &io, version](Response response) {
+                      asio::dispatch(io, [self, version, response = std::move(response)]() mutable {
+                        response.version(version);
+                        self->Write(std::move(response));
+                      });
+                    });
+  }
+
+  void Refuse(unsigned status, const std::string& detail) {
+    keep_alive_ = false;
+    Response response = handler_.Refused(status, detail);
+    Write(std::move(response));
+  }
+
+  void Write(Response response) {
+    if (server_.draining()) keep_alive_ = false;
+    response.keep_alive(keep_alive_);
+    response.prepare_payload();
+    response_ = std::make_unique<Response>(std::move(response));
+    beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(30));
+    http::async_write(stream_, *response_,
+                      [self = this->shared_from_this()](beast::error_code ec, size_t) {
+                        self->response_.reset();
+                        if (self->counted_) {
+                          self->counted_ = false;
+                          self->server_.in_flight_counter()--;
+                        }
+                        if (ec || !self->keep_alive_) return self->Close();
+                        self->ReadRequest();
+                      });
+  }
+
+  void Close() {
+    beast::error_code ignored;
+    if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
+      stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    } else {
+      beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(5));
+      stream_.async_shutdown([self = this->shared_from_this()](beast::error_code) {});
+    }
+  }
+
+  Stream stream_;
+  HttpServer& server_;
+  RequestHandler& handler_;
+  const ServerOptions& options_;
+  size_t worker_;
+  ClientInfo client_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  std::unique_ptr<Response> response_;
+  bool keep_alive_ = true;
+  bool counted_ = false;  // this connection's current request is in the in-flight count
+};
+
+}  // namespace
+
+HttpServer::HttpServer(ServerOptions options, RequestHandler& handler)
+    : options_(std::move(options)), handler_(handler) {
+  if (options_.workers == 0) options_.workers = 1;
+  if (options_.tls_cert_file.empty() != options_.tls_key_file.empty()) {
+    throw std::invalid_argument("TLS needs both a certificate file and a key file");
+  }
+  if (!options_.tls_cert_file.empty()) {
+    tls_.emplace(asio::ssl::context::tls_server);
+    tls_->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                      asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                      asio::ssl::context::no_tlsv1_1);
+    tls_->use_certificate_chain_file(options_.tls_cert_file);
+    tls_->use_private_key_file(options_.tls_key_file, asio::ssl::context::pem);
+  }
+}
+
+HttpServer::~HttpServer() {
+  for (auto& w : workers_) w->io->stop();
+  for (auto& w : workers_) {
+    if (w->thread.joinable()) w->thread.join();
+  }
+}
+
+void HttpServer::Start() {
+  const auto address = asio::ip::make_address(options_.address);
+  uint16_t port = options_.port;
+  for (size_t i = 0; i < options_.workers; ++i) {
+    auto worker = std::make_unique<Worker>();
+    worker->io = std::make_unique<asio::io_context>(1);
+    worker->acceptor = std::make_unique<tcp::acceptor>(*worker->io);
+    const tcp::endpoint endpoint(address, port);
+    beast::error_code ec;
+    worker->acceptor->open(endpoint.protocol(), ec);
+    if (!ec) worker->acceptor->set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) {
+      // Every worker binds the same port; the kernel spreads connections over them.
+      int one = 1;
+      if (setsockopt(worker->acceptor->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one,
+                     sizeof(one)) != 0) {
+        ec = beast::error_code(errno, boost::system::system_category());
+      }
+    }
+    if (!ec) worker->acceptor->bind(endpoint, ec);
+    if (!ec) worker->acceptor->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      throw std::system_error(ec.value(), std::generic_category(),
+                              fmt::format("cannot listen on {}:{}", options_.address, port));
+    }
+    port = worker->acceptor->local_endpoint().port();  // port 0: later workers share the first
+    workers_.push_back(std::move(worker));
+  }
+  bound_port_ = port;
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    Accept(i);
+    workers_[i]->thread = std::thread([io = workers_[i]->io.get()] {
+      auto guard = asio::make_work_guard(*io);
+      io->run();
+    });
+  }
+}
+
+void HttpServer::Accept(size_t worker) {
+  auto& w = *workers_[worker];
+  w.acceptor->async_accept(w.io->get_executor(), [this, worker](beast::error_code ec,
+                                                                tcp::socket socket) {
+    if (ec == asio::error::operation_aborted || draining_) return;
+    if (!ec) {
+      socket.set_option(tcp::no_delay(true), ec);
+      beast::error_code ignored;
+      ClientInfo client{socket.remote_endpoint(ignored).address().to_string(), tls_.has_value()};
+      if (tls_) {
+        std::make_shared<Session<beast::ssl_stream<beast::tcp_stream>>>(
+            beast::ssl_stream<beast::tcp_stream>(std::move(socket), *tls_), *this, handler_,
+            options_, worker, std::move(client))
+            ->Start();
+      } else {
+        std::make_shared<Session<beast::tcp_stream>>(beast::tcp_stream(std::move(socket)), *this,
+                                                     handler_, options_, worker, std::move(client))
+            ->Start();
+      }
+    } else {
+      log::Warn("accept failed", {{"error", ec.message()}});
+    }
+    Accept(worker);
+  });
+}
+
+void HttpServer::Drain(std::chrono::milliseconds timeout) {
+  draining_ = true;
+  for (auto& w : workers_) {
+    asio::post(*w->io, [acceptor = w->acceptor.get()] {
+      beast::error_code ignored;
+      acceptor->close(ignored);
+    });
+  }
+  // Requests in flight finish and their replies carry Connection: close; idle keep-alive
+  // connections hold no work and are closed when the workers stop below.
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < until) {
+    if (in_flight_.load() == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  for (auto& w : workers_) w->io->stop();
+  for (auto& w : workers_) {
+    if (w->thread.joinable()) w->thread.join();
+  }
+}
+
+}  // namespace muon::ingress

@@ -1,0 +1,94 @@
+#pragma once
+// The ingress's HTTP/1.1 server on Boost.Beast: one io_context and thread per worker, each with
+// its own SO_REUSEPORT acceptor (connections stay on the worker that accepted them, so a request
+// never crosses threads), keep-alive, one request at a time per connection (pipelined requests
+// are answered in order), optional TLS, idle timeouts, and a graceful drain.
+
+#include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/beast/http.hpp>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>  // before Asio's headers with g++ 12 and C++20
+#include <vector>
+
+namespace muon::ingress {
+
+using Request = boost::beast::http::request<boost::beast::http::string_body>;
+using Response = boost::beast::http::response<boost::beast::http::string_body>;
+
+struct ClientInfo {
+  std::string address;  // remote IP
+  bool tls = false;
+};
+
+// Answers one request. Runs on the worker's io thread and must not block; `respond` may be
+// called later from any thread (it posts back to the connection's worker).
+class RequestHandler {
+ public:
+  virtual ~RequestHandler() = default;
+  using Respond = std::function<void(Response)>;
+  virtual void Handle(Request request, const ClientInfo& client, size_t worker,
+                      Respond respond) = 0;
+  // Builds the reply for a request the server refused before routing (413, 400, ...).
+  virtual Response Refused(unsigned status, const std::string& detail) = 0;
+};
+
+struct ServerOptions {
+  std::string address = "127.0.0.1";
+  uint16_t port = 8080;
+  size_t workers = 2;
+  size_t max_body_bytes = 8 * 1024 * 1024;
+  std::chrono::seconds idle_timeout{60};
+  std::string tls_cert_file;  // both set: HTTPS
+  std::string tls_key_file;
+};
+
+class HttpServer {
+ public:
+  HttpServer(ServerOptions options, RequestHandler& handler);
+  ~HttpServer();
+
+  // Binds (throws std::system_error with the address on failure) and starts the workers.
+  void Start();
+  uint16_t port() const { return bound_port_; }
+  boost::asio::io_context& worker_context(size_t i) { return *workers_[i]->io; }
+  size_t worker_count() const { return workers_.size(); }
+
+  // Stops accepting, lets in-flight requests finish (closing keep-alive connections after their
+  // current response), waits up to `timeout`, then stops the workers.
+  void Drain(std::chrono::milliseconds timeout);
+  size_t open_connections() const { return connections_.load(); }
+  bool draining() const { return draining_.load(); }
+
+  size_t in_flight() const { return in_flight_.load(); }
+
+  // Used by sessions.
+  std::atomic<size_t>& connection_counter() { return connections_; }
+  std::atomic<size_t>& in_flight_counter() { return in_flight_; }
+
+ private:
+  struct Worker {
+    std::unique_ptr<boost::asio::io_context> io;
+    std::unique_ptr<boost::asio::ip::tcp::acceptor> acceptor;
+    std::thread thread;
+  };
+  void Accept(size_t worker);
+
+  ServerOptions options_;
+  RequestHandler& handler_;
+  std::optional<boost::asio::ssl::context> tls_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  uint16_t bound_port_ = 0;
+  std::atomic<size_t> connections_{0};
+  std::atomic<size_t> in_flight_{0};
+  std::atomic<bool> draining_{false};
+};
+
+}  // namespace muon::ingress

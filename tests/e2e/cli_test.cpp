@@ -1,0 +1,142 @@
+// End to end, as a user: scripts/up brings the local stack up (NATS, PostgreSQL, auth, echo,
+// ingress) on free ports in a throw-away state dir, and the `muon` CLI drives it over HTTP.
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+
+#include "harness.h"
+
+using namespace std::chrono_literals;
+
+namespace {
+
+// The stack for this test binary; scripts/down --purge removes it again.
+class LocalStack {
+ public:
+  LocalStack() {
+    env_ = {{"MUON_STATE_DIR", dir_.path() + "/state"},
+            {"MUON_BUILD_DIR", std::filesystem::path(muon::testing::BinDir()).parent_path()},
+            {"MUON_NATS_PORT", std::to_string(muon::testing::FreePort())},
+            {"MUON_PG_PORT", std::to_string(muon::testing::FreePort())},
+            {"MUON_INGRESS_PORT", std::to_string(muon::testing::FreePort())},
+            {"XDG_CONFIG_HOME", dir_.path() + "/admin-config"}};
+    up_ = muon::RunCommand({.program = muon::testing::SourceDir() + "/scripts/up",
+                            .args = {"--no-build"},
+                            .env = env_},
+                           180s);
+  }
+  ~LocalStack() {
+    muon::RunCommand(
+        {.program = muon::testing::SourceDir() + "/scripts/down", .args = {"--purge"}, .env = env_},
+        120s);
+  }
+
+  // Runs the CLI as the user whose config lives in <dir>/<user>-config.
+  muon::RunResult Muon(const std::string& user, std::vector<std::string> args,
+                       const std::string& stdin_text = "") {
+    auto env = env_;
+    env["XDG_CONFIG_HOME"] = dir_.path() + "/" + user + "-config";
+    if (stdin_text.empty()) {
+      return muon::RunCommand(
+          {.program = muon::testing::BinDir() + "/muon", .args = std::move(args), .env = env}, 30s);
+    }
+    // Feed stdin through a shell: the password never appears in argv.
+    const std::string input = dir_.path() + "/stdin-" + user;
+    {
+      std::FILE* f = std::fopen(input.c_str(), "w");
+      std::fputs(stdin_text.c_str(), f);
+      std::fclose(f);
+    }
+    std::string command = "exec \"$0\"";
+    for (size_t i = 0; i < args.size(); ++i) command += " \"$" + std::to_string(i + 1) + "\"";
+    command += " < " + input;
+    std::vector<std::string> shell_args = {"-c", command, muon::testing::BinDir() + "/muon"};
+    shell_args.insert(shell_args.end(), args.begin(), args.end());
+    return muon::RunCommand({.program = "/bin/sh", .args = shell_args, .env = env}, 30s);
+  }
+
+  const muon::RunResult& up() const { return up_; }
+
+ private:
+  muon::testing::TempDir dir_{"muon-test-e2e"};
+  std::map<std::string, std::string> env_;
+  muon::RunResult up_;
+};
+
+LocalStack& Stack() {
+  static LocalStack stack;
+  return stack;
+}
+
+}  // namespace
+
+TEST_CASE("scripts/up starts the stack, logs the CLI in and calls echo", "[e2e]") {
+  const auto& up = Stack().up();
+  INFO(up.output);
+  REQUIRE(up.status.Success());
+  CHECK(up.output.find("Logged in to") != std::string::npos);
+  CHECK(up.output.find("hello from scripts/up") != std::string::npos);
+}
+
+TEST_CASE("login, call echo, list services through the CLI", "[e2e]") {
+  auto& stack = Stack();
+  REQUIRE(stack.up().status.Success());
+
+  auto who = stack.Muon("admin", {"whoami"});
+  INFO(who.output);
+  CHECK(who.status.code == 0);
+  CHECK(who.output.find("admin@muon.local") != std::string::npos);
+
+  auto call =
+      stack.Muon("admin", {"call", "echo", "Echo", R"({"message":"e2e"})", "--output", "json"});
+  INFO(call.output);
+  CHECK(call.status.code == 0);
+  CHECK(call.output.find(R"("message":"e2e")") != std::string::npos);
+
+  auto services = stack.Muon("admin", {"services"});
+  INFO(services.output);
+  CHECK(services.status.code == 0);
+  CHECK(services.output.find("echo") != std::string::npos);
+  CHECK(services.output.find("Echo,Sleep") != std::string::npos);
+
+  auto missing = stack.Muon("admin", {"call", "echo", "Nope"});
+  CHECK(missing.status.code == 5);  // not found
+  CHECK(missing.output.find("error: service echo has no method Nope (404") != std::string::npos);
+}
+
+TEST_CASE("an account without the role gets 403 and exit code 4; no session gets 3", "[e2e]") {
+  auto& stack = Stack();
+  REQUIRE(stack.up().status.Success());
+
+  auto invite = stack.Muon(
+      "admin", {"invites", "create", "dev@example.com", "--role", "developer", "--output", "json"});
+  INFO(invite.output);
+  REQUIRE(invite.status.code == 0);
+  const auto at = invite.output.find(R"("code":")");
+  REQUIRE(at != std::string::npos);
+  const std::string code = invite.output.substr(at + 8, invite.output.find('"', at + 8) - at - 8);
+
+  auto signup = stack.Muon(
+      "dev", {"signup", "--invite", code, "--email", "dev@example.com", "--password-stdin"},
+      "a long developer password\n");
+  INFO(signup.output);
+  REQUIRE(signup.status.code == 0);
+
+  auto allowed = stack.Muon("dev", {"call", "echo", "Echo", R"({"message":"dev"})"});
+  CHECK(allowed.status.code == 0);
+
+  auto denied = stack.Muon("dev", {"accounts"});
+  INFO(denied.output);
+  CHECK(denied.status.code == 4);  // forbidden
+  CHECK(denied.output.find("dev@example.com may not call auth.ListAccounts (403 Forbidden") !=
+        std::string::npos);
+
+  auto anonymous = stack.Muon("nobody", {"call", "echo", "Echo"});
+  INFO(anonymous.output);
+  CHECK(anonymous.status.code == 3);  // unauthorized
+
+  auto wrong = stack.Muon("nobody", {"login", "--email", "admin@muon.local", "--password-stdin"},
+                          "not the password\n");
+  CHECK(wrong.status.code == 3);
+  CHECK(wrong.output.find("wrong email or password") != std::string::npos);
+}

@@ -1,0 +1,668 @@
+// The whole CLI in-process against a tiny Beast server on 127.0.0.1 (a real socket, one acceptor
+// thread): requests as the ingress sees them, platform errors printed with their exit codes,
+// token refresh, login, logout, timeouts. Readiness needs no sleeps: the acceptor listens before
+// the CLI connects.
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+// clang-format off
+#include <utility>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+// clang-format on
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "muon/cli/app.h"
+#include "muon/cli/store.h"
+
+namespace fs = std::filesystem;
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr int64_t kNow = 1700000000;
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "muon-cli-http-XXXXXX").string();
+    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+    path_ = pattern;
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+struct Seen {
+  std::string method;
+  std::string target;
+  std::map<std::string, std::string> headers;  // lower-case names
+  std::string body;
+};
+
+struct Reply {
+  int status = 200;
+  std::string body;
+  std::map<std::string, std::string> headers;
+  bool hang = false;  // read the request, answer nothing, wait for the client to give up
+};
+
+Reply Json(int status, std::string body) {
+  Reply r;
+  r.status = status;
+  r.body = std::move(body);
+  r.headers["Content-Type"] = "application/json";
+  return r;
+}
+
+Reply PlatformError(int status, const std::string& id, const std::string& detail,
+                    const std::string& status_text, const std::string& request_id) {
+  Reply r = Json(status, R"({"id":")" + id + R"(","code":)" + std::to_string(status) +
+                             R"(,"detail":")" + detail + R"(","status":")" + status_text + R"("})");
+  r.headers["Muon-Request-Id"] = request_id;
+  return r;
+}
+
+// Serves one canned reply per connection, in order, on 127.0.0.1:<ephemeral>.
+class TestServer {
+ public:
+  // With `tls`, every connection is TLS with that server context.
+  explicit TestServer(std::vector<Reply> replies, asio::ssl::context* tls = nullptr)
+      : replies_(std::move(replies)),
+        tls_(tls),
+        acceptor_(ioc_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {
+    port_ = acceptor_.local_endpoint().port();
+    thread_ = std::thread([this] { Serve(); });
+  }
+  TestServer(const TestServer&) = delete;
+  TestServer& operator=(const TestServer&) = delete;
+  ~TestServer() {
+    stopping_ = true;
+    // Wake the blocking accept with a connection of our own.
+    {
+      asio::io_context wake_ioc;
+      tcp::socket wake(wake_ioc);
+      boost::system::error_code ec;
+      wake.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port_), ec);
+    }
+    thread_.join();
+  }
+
+  std::string url() const {
+    return (tls_ != nullptr ? "https" : "http") + std::string("://127.0.0.1:") +
+           std::to_string(port_);
+  }
+  unsigned short port() const { return port_; }
+  std::vector<Seen> seen() const {
+    std::lock_guard lock(mu_);
+    return seen_;
+  }
+
+ private:
+  void Serve() {
+    for (size_t served = 0;; ++served) {
+      tcp::socket socket(ioc_);
+      boost::system::error_code ec;
+      acceptor_.accept(socket, ec);
+      if (ec || stopping_) return;
+      if (tls_ == nullptr) {
+        ServeOne(socket, served);
+        continue;
+      }
+      asio::ssl::stream<tcp::socket> stream(std::move(socket), *tls_);
+      stream.handshake(asio::ssl::stream_base::server, ec);
+      if (ec) continue;  // the client refused our certificate
+      ServeOne(stream, served);
+    }
+  }
+
+  template <typename Stream>
+  void ServeOne(Stream& stream, size_t served) {
+    boost::system::error_code ec;
+    beast::flat_buffer buffer;
+    http::request<http::string_body> req;
+    http::read(stream, buffer, req, ec);
+    if (ec) return;
+    Seen seen{std::string(req.method_string()), std::string(req.target()), {}, req.body()};
+    for (const auto& field : req) {
+      std::string name(field.name_string());
+      for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      seen.headers[name] = std::string(field.value());
+    }
+    {
+      std::lock_guard lock(mu_);
+      seen_.push_back(std::move(seen));
+    }
+    const Reply reply =
+        served < replies_.size() ? replies_[served] : Json(500, R"({"detail":"unexpected"})");
+    if (reply.hang) {
+      // Blocks until the client closes the connection.
+      char byte;
+      stream.read_some(asio::buffer(&byte, 1), ec);
+      return;
+    }
+    http::response<http::string_body> res(static_cast<http::status>(reply.status), 11);
+    for (const auto& [name, value] : reply.headers) res.set(name, value);
+    res.body() = reply.body;
+    res.keep_alive(false);
+    res.prepare_payload();
+    http::write(stream, res, ec);
+    beast::get_lowest_layer(stream).shutdown(tcp::socket::shutdown_both, ec);
+  }
+
+  std::vector<Reply> replies_;
+  asio::ssl::context* tls_;
+  asio::io_context ioc_;
+  tcp::acceptor acceptor_;
+  unsigned short port_ = 0;
+  std::atomic<bool> stopping_{false};
+  mutable std::mutex mu_;
+  std::vector<Seen> seen_;
+  std::thread thread_;
+};
+
+class FakePrompter : public muon::cli::Prompter {
+ public:
+  explicit FakePrompter(std::vector<std::string> lines) : lines_(std::move(lines)) {}
+  bool Interactive() const override { return true; }
+  std::optional<std::string> ReadLine(std::string_view prompt, bool echo) override {
+    prompts.emplace_back(std::string(prompt) + (echo ? "" : " (hidden)"));
+    if (next_ >= lines_.size()) return std::nullopt;
+    return lines_[next_++];
+  }
+  std::vector<std::string> prompts;
+
+ private:
+  std::vector<std::string> lines_;
+  size_t next_ = 0;
+};
+
+// One CLI run with its own config dir.
+struct Cli {
+  TempDir home;
+  std::ostringstream out;
+  std::ostringstream err;
+  std::istringstream in;
+  std::string ingress_url;
+  muon::cli::Prompter* prompter = nullptr;
+  std::chrono::milliseconds slack = 2s;
+  muon::cli::Environment extra_env;
+
+  explicit Cli(std::string url) : ingress_url(std::move(url)) {}
+
+  muon::cli::Store store() const { return muon::cli::Store(home.path() / "xdg" / "muon"); }
+
+  void LogIn(const std::string& access, const std::string& refresh, int64_t expires_at,
+             const std::string& url = "") const {
+    muon::cli::v1::Credentials creds;
+    auto& c = (*creds.mutable_envs())["default"];
+    c.set_access_token(access);
+    c.set_refresh_token(refresh);
+    c.set_expires_at(expires_at);
+    c.set_email("dev@example.com");
+    c.set_region("eu");
+    c.set_url(url);
+    store().SaveCredentials(creds);
+  }
+
+  int Run(const std::vector<std::string>& args, const std::string& stdin_text = "") {
+    out.str("");
+    err.str("");
+    in.clear();
+    in.str(stdin_text);
+    muon::cli::Environment env = {{"XDG_CONFIG_HOME", (home.path() / "xdg").string()},
+                                  {"MUON_INGRESS_URL", ingress_url},
+                                  {"MUON_REGION", "local"}};
+    env.insert(extra_env.begin(), extra_env.end());
+    muon::cli::AppContext ctx{
+        .out = out,
+        .err = err,
+        .in = in,
+        .env = env,
+        .cwd = home.path(),
+        .prompter = prompter,
+        .now = [] { return kNow; },
+        .timeout_slack = slack,
+    };
+    return muon::cli::RunCli(args, ctx);
+  }
+};
+
+const char* kTokens =
+    R"({"accessToken":"access-2","refreshToken":"refresh-2","expiresIn":"900","tokenType":"Bearer",)"
+    R"("account":{"id":"a1","email":"dev@example.com","roles":["developer"]},"region":"eu"})";
+
+}  // namespace
+
+TEST_CASE("cli http: a call is sent as the ingress expects and its reply pretty-printed",
+          "[cli][http]") {
+  TestServer server(
+      {Json(200, R"({"message":"hi","count":2})"), Json(200, R"({"message":"hi","count":2})")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+
+  REQUIRE(cli.Run({"call", "echo", "Echo", R"({"message": "hi"})", "--version", "v7", "--timeout",
+                   "1500ms"}) == 0);
+  CHECK(cli.out.str() == "{\n \"count\": 2,\n \"message\": \"hi\"\n}\n");
+  CHECK(cli.err.str().empty());
+
+  REQUIRE(cli.Run({"--output", "json", "call", "echo", "Echo", "-"}, R"({"message":"hi"})") == 0);
+  CHECK(cli.out.str() == "{\"count\":2,\"message\":\"hi\"}\n");
+
+  const auto seen = server.seen();
+  REQUIRE(seen.size() == 2);
+  CHECK(seen[0].method == "POST");
+  CHECK(seen[0].target == "/v1/echo/Echo");
+  CHECK(seen[0].body == R"({"message": "hi"})");  // byte for byte
+  CHECK(seen[0].headers.at("content-type") == "application/json");
+  CHECK(seen[0].headers.at("authorization") == "Bearer access-1");
+  CHECK(seen[0].headers.at("muon-version") == "v7");
+  CHECK(seen[0].headers.at("muon-timeout") == "1.5s");
+  CHECK(seen[0].headers.at("host") == server.url().substr(7));
+  CHECK(seen[1].body == R"({"message":"hi"})");
+  CHECK(seen[1].headers.count("muon-version") == 0);
+  CHECK(seen[1].headers.count("muon-timeout") == 0);
+}
+
+TEST_CASE("cli http: platform errors are printed with detail, code, request id and exit code",
+          "[cli][http]") {
+  TestServer server({PlatformError(403, "echo.Echo", "no rule allows echo.Echo for developer",
+                                   "Forbidden", "req-42")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+  CHECK(cli.Run({"call", "echo", "Echo"}) == 4);
+  CHECK(cli.err.str() ==
+        "error: no rule allows echo.Echo for developer (403 Forbidden, request req-42)\n");
+  CHECK(cli.out.str().empty());
+  REQUIRE(server.seen().size() == 1);
+  CHECK(server.seen()[0].body == "{}");
+}
+
+TEST_CASE("cli http: each error class has its exit code", "[cli][http]") {
+  struct Case {
+    int status;
+    const char* text;
+    int exit_code;
+  };
+  const auto c =
+      GENERATE(Case{400, "Bad Request", 6}, Case{401, "Unauthorized", 3}, Case{404, "Not Found", 5},
+               Case{409, "Conflict", 6}, Case{413, "Payload Too Large", 6},
+               Case{429, "Too Many Requests", 7}, Case{500, "Internal Server Error", 1},
+               Case{503, "Service Unavailable", 7}, Case{504, "Gateway Timeout", 7});
+  TestServer server({PlatformError(c.status, "nope.Do", "it failed", c.text, "r1")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+  INFO("status " << c.status);
+  CHECK(cli.Run({"call", "nope", "Do"}) == c.exit_code);
+  const std::string expected =
+      "error: it failed (" + std::to_string(c.status) + " " + c.text + ", request r1)\n";
+  if (c.status == 401) {
+    CHECK(cli.err.str() == expected + "hint: log in again with `muon login`\n");
+  } else {
+    CHECK(cli.err.str() == expected);
+  }
+}
+
+TEST_CASE("cli http: an unreachable ingress is exit code 7 with a hint", "[cli][http]") {
+  std::string url;
+  {
+    // A port that was just free: nothing listens there any more.
+    asio::io_context ioc;
+    tcp::acceptor acceptor(ioc, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    url = "http://127.0.0.1:" + std::to_string(acceptor.local_endpoint().port());
+  }
+  Cli cli(url);
+  CHECK(cli.Run({"call", "echo", "Echo"}) == 7);
+  CHECK(cli.err.str().rfind("error: cannot reach the ingress at " + url + ": ", 0) == 0);
+  CHECK(cli.err.str().find("(is the stack running? scripts/up)") != std::string::npos);
+}
+
+TEST_CASE("cli http: no reply within --timeout plus slack is exit code 7", "[cli][http]") {
+  Reply hang;
+  hang.hang = true;
+  TestServer server({hang});
+  Cli cli(server.url());
+  cli.slack = 0ms;
+  CHECK(cli.Run({"call", "echo", "Sleep", "--timeout", "200ms"}) == 7);
+  CHECK(cli.err.str().rfind(
+            "error: no response from the ingress at " + server.url() + " within 200ms", 0) == 0);
+}
+
+TEST_CASE("cli http: invalid JSON bodies never leave the machine", "[cli][http]") {
+  TestServer server({});
+  Cli cli(server.url());
+  CHECK(cli.Run({"call", "echo", "Echo", R"({"message": )"}) == 2);
+  CHECK(cli.err.str().rfind("error: the request body is not valid JSON: ", 0) == 0);
+  CHECK(server.seen().empty());
+}
+
+TEST_CASE("cli http: an access token about to expire is refreshed first", "[cli][http]") {
+  TestServer server({Json(200, kTokens), Json(200, R"({"message":"hi"})")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 30);
+  REQUIRE(cli.Run({"call", "echo", "Echo"}) == 0);
+  const auto seen = server.seen();
+  REQUIRE(seen.size() == 2);
+  CHECK(seen[0].target == "/v1/auth/Refresh");
+  CHECK(seen[0].body == R"({"refreshToken":"refresh-1"})");
+  CHECK(seen[0].headers.count("authorization") == 0);
+  CHECK(seen[1].target == "/v1/echo/Echo");
+  CHECK(seen[1].headers.at("authorization") == "Bearer access-2");
+  // The rotated refresh token is what is stored now.
+  const auto creds = cli.store().LoadCredentials();
+  const auto& c = creds.envs().at("default");
+  CHECK(c.access_token() == "access-2");
+  CHECK(c.refresh_token() == "refresh-2");
+  CHECK(c.expires_at() == kNow + 900);
+}
+
+TEST_CASE("cli http: a refused refresh asks to log in again", "[cli][http]") {
+  TestServer server(
+      {PlatformError(401, "auth.Refresh", "refresh token revoked", "Unauthorized", "r9")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow - 5);
+  CHECK(cli.Run({"whoami"}) == 3);
+  CHECK(cli.err.str() ==
+        "error: the session for default has ended: refresh token revoked (401 Unauthorized, "
+        "request r9)\nhint: log in again with `muon login`\n");
+  CHECK(server.seen().size() == 1);
+  CHECK(cli.store().LoadCredentials().envs().count("default") == 0);
+}
+
+TEST_CASE("cli http: commands that need a session say so without a round trip", "[cli][http]") {
+  TestServer server({});
+  Cli cli(server.url());
+  CHECK(cli.Run({"services"}) == 3);
+  CHECK(cli.err.str() ==
+        "error: not logged in to default (" + server.url() + "): run `muon login`\n");
+  CHECK(server.seen().empty());
+}
+
+TEST_CASE("cli http: login with --password-stdin stores the session 0600", "[cli][http]") {
+  TestServer server({Json(200, kTokens)});
+  Cli cli(server.url());
+  REQUIRE(cli.Run({"login", "--email", "dev@example.com", "--password-stdin"}, "s3cret pw\n") == 0);
+  CHECK(cli.out.str() == "Logged in to default (" + server.url() +
+                             ") as dev@example.com, region eu; token valid 15m\n");
+  const auto seen = server.seen();
+  REQUIRE(seen.size() == 1);
+  CHECK(seen[0].target == "/v1/auth/Login");
+  CHECK(seen[0].body == R"({"email":"dev@example.com","password":"s3cret pw"})");
+  struct stat st {};
+  REQUIRE(::stat(cli.store().credentials_path().c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+  const auto creds = cli.store().LoadCredentials();
+  const auto& c = creds.envs().at("default");
+  CHECK(c.refresh_token() == "refresh-2");
+  CHECK(c.region() == "eu");
+  CHECK(c.url() == server.url());
+}
+
+TEST_CASE("cli http: login prompts on a terminal, password hidden", "[cli][http]") {
+  TestServer server({Json(200, kTokens)});
+  Cli cli(server.url());
+  FakePrompter prompter({"dev@example.com", "pw"});
+  cli.prompter = &prompter;
+  REQUIRE(cli.Run({"login"}) == 0);
+  CHECK(prompter.prompts == std::vector<std::string>{"Email: ", "Password:  (hidden)"});
+  CHECK(server.seen().at(0).body == R"({"email":"dev@example.com","password":"pw"})");
+}
+
+TEST_CASE("cli http: wrong password is exit code 3 with the platform's detail", "[cli][http]") {
+  TestServer server(
+      {PlatformError(401, "auth.Login", "wrong email or password", "Unauthorized", "r2")});
+  Cli cli(server.url());
+  CHECK(cli.Run({"login", "--email", "dev@example.com", "--password-stdin"}, "nope\n") == 3);
+  CHECK(cli.err.str().rfind("error: wrong email or password (401 Unauthorized, request r2)\n", 0) ==
+        0);
+  CHECK(cli.store().LoadCredentials().envs().empty());
+}
+
+TEST_CASE("cli http: login without a terminal or --password-stdin is a usage error",
+          "[cli][http]") {
+  TestServer server({});
+  Cli cli(server.url());
+  CHECK(cli.Run({"login", "--email", "dev@example.com"}) == 2);
+  CHECK(cli.err.str() ==
+        "error: a password is needed and stdin is not a terminal: use --password-stdin\n");
+  CHECK(server.seen().empty());
+}
+
+TEST_CASE("cli http: logout deletes the credentials even when the server fails", "[cli][http]") {
+  TestServer server(
+      {PlatformError(503, "auth.Logout", "no responders", "Service Unavailable", "r3")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+  CHECK(cli.Run({"logout"}) == 0);
+  CHECK(cli.err.str().find("warning: the ingress did not confirm the logout: no responders (503 "
+                           "Service Unavailable, request r3)") != std::string::npos);
+  CHECK(cli.out.str() == "Logged out of default (" + server.url() + ") locally.\n");
+  CHECK(server.seen().at(0).body == R"({"refreshToken":"refresh-1"})");
+  CHECK(cli.store().LoadCredentials().envs().empty());
+}
+
+TEST_CASE("cli http: whoami and services render tables", "[cli][http]") {
+  TestServer server(
+      {Json(200, R"({"id":"a1","email":"dev@example.com","name":"Dev","roles":["developer","ops"],)"
+                 R"("createdRegion":"us"})"),
+       Json(200,
+            R"({"services":[{"name":"echo","description":"echo",)"
+            R"("instances":[{"id":"i1","version":"v2","metadata":{}},{"id":"i2","version":"v1"}],)"
+            R"("endpoints":[{"name":"Echo","subject":"svc.echo.Echo","queueGroup":"echo"},)"
+            R"({"name":"Sleep","subject":"svc.echo.Sleep","queueGroup":"echo"},)"
+            R"({"name":"Echo","subject":"ver.echo.v2.Echo","queueGroup":"echo"}],"extra":1}]})")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+  REQUIRE(cli.Run({"whoami"}) == 0);
+  CHECK(cli.out.str() ==
+        "email:     dev@example.com\n"
+        "name:      Dev\n"
+        "roles:     developer, ops\n"
+        "account:   a1, created in region us\n"
+        "env:       default (" +
+            server.url() +
+            ")\n"
+            "token:     region eu, expires 2023-11-14 22:23:20 UTC (in 10m)\n");
+  REQUIRE(cli.Run({"services"}) == 0);
+  CHECK(cli.out.str() ==
+        "NAME   VERSIONS   INSTANCES   ENDPOINTS\n"
+        "echo   v1,v2      2           Echo,Sleep\n");
+  CHECK(server.seen().at(1).method == "GET");
+  CHECK(server.seen().at(1).target == "/v1/services");
+}
+
+TEST_CASE("cli http: invites create prints the code and the signup command", "[cli][http]") {
+  TestServer server({Json(200, R"({"id":"i1","code":"K7Q2-XY","email":"new@example.com",)"
+                               R"("roles":["developer"],"expiresAt":"2023-11-21T22:13:20Z"})")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+  REQUIRE(cli.Run({"invites", "create", "new@example.com", "--role", "developer", "--ttl",
+                   "168h"}) == 0);
+  CHECK(server.seen().at(0).target == "/v1/auth/CreateInvite");
+  CHECK(server.seen().at(0).body ==
+        R"({"email":"new@example.com","roles":["developer"],"ttlSeconds":"604800"})");
+  CHECK(cli.out.str().find("Invite code: K7Q2-XY\n") != std::string::npos);
+  CHECK(cli.out.str().find("  muon signup --invite K7Q2-XY --email new@example.com\n") !=
+        std::string::npos);
+}
+
+// iss "eu", exp 1700000900 (kNow + 15m); the signature is not checked by the CLI.
+const char* kJwt =
+    "eyJhbGciOiJFZERTQSIsImtpZCI6ImV1LTEiLCJ0eXAiOiJKV1QifQ."
+    "eyJpc3MiOiJldSIsInN1YiI6ImExIiwiZW1haWwiOiJkZXZAZXhhbXBsZS5jb20iLCJyb2xlcyI6WyJkZXZlbG9wZXIi"
+    "XSwiaWF0IjoxNzAwMDAwMDAwLCJleHAiOjE3MDAwMDA5MDAsImp0aSI6ImoxIn0.c2ln";
+
+TEST_CASE("cli http: a session is only sent to the ingress it came from", "[cli][http]") {
+  TestServer server({});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600, "http://127.0.0.1:1");
+  CHECK(cli.Run({"call", "echo", "Echo"}) == 3);
+  CHECK(cli.err.str() ==
+        "error: the session stored for default was obtained from "
+        "http://127.0.0.1:1, not " +
+            server.url() + ": log in again with `muon login`\n");
+  CHECK(server.seen().empty());
+}
+
+TEST_CASE("cli http: MUON_TOKEN replaces the stored session; muon token prints it", "[cli][http]") {
+  TestServer server({Json(200, R"({"id":"a1","email":"dev@example.com"})")});
+  Cli cli(server.url());
+  cli.extra_env["MUON_TOKEN"] = kJwt;
+  REQUIRE(cli.Run({"whoami"}) == 0);
+  CHECK(server.seen().at(0).headers.at("authorization") == std::string("Bearer ") + kJwt);
+  // Region and expiry come from the token's claims when nothing was stored.
+  CHECK(cli.out.str().find("token:     region eu, expires 2023-11-14 22:28:20 UTC (in 15m)\n") !=
+        std::string::npos);
+  REQUIRE(cli.Run({"token"}) == 0);
+  CHECK(cli.out.str() == std::string(kJwt) + "\n");
+}
+
+TEST_CASE("cli http: muon token refreshes first", "[cli][http]") {
+  TestServer server({Json(200, kTokens)});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 10);
+  REQUIRE(cli.Run({"token"}) == 0);
+  CHECK(cli.out.str() == "access-2\n");
+  REQUIRE(cli.Run({"token", "--output", "json"}) == 0);
+  CHECK(cli.out.str() == R"({"accessToken":"access-2","expiresAt":"2023-11-14T22:28:20Z"})"
+                         "\n");
+  CHECK(server.seen().size() == 1);
+}
+
+namespace {
+
+template <typename T, void (*Free)(T*)>
+struct Deleter {
+  void operator()(T* p) const { Free(p); }
+};
+using PkeyPtr = std::unique_ptr<EVP_PKEY, Deleter<EVP_PKEY, EVP_PKEY_free>>;
+using X509Ptr = std::unique_ptr<X509, Deleter<X509, X509_free>>;
+using BioPtr = std::unique_ptr<BIO, Deleter<BIO, BIO_free_all>>;
+using ExtPtr = std::unique_ptr<X509_EXTENSION, Deleter<X509_EXTENSION, X509_EXTENSION_free>>;
+
+std::string BioText(BIO* bio) {
+  char* data = nullptr;
+  const long n = BIO_get_mem_data(bio, &data);
+  return std::string(data, static_cast<size_t>(n));
+}
+
+// A self-signed certificate for IP 127.0.0.1 (and no host names), PEM.
+struct SelfSigned {
+  std::string cert_pem;
+  std::string key_pem;
+
+  SelfSigned() {
+    PkeyPtr key(EVP_EC_gen("P-256"));
+    REQUIRE(key);
+    X509Ptr cert(X509_new());
+    REQUIRE(cert);
+    X509_set_version(cert.get(), 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(cert.get()), 1);
+    X509_gmtime_adj(X509_getm_notBefore(cert.get()), -60);
+    X509_gmtime_adj(X509_getm_notAfter(cert.get()), 3600);
+    REQUIRE(X509_set_pubkey(cert.get(), key.get()) == 1);
+    X509_NAME* name = X509_get_subject_name(cert.get());
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                               reinterpret_cast<const unsigned char*>("muon test ingress"), -1, -1,
+                               0);
+    X509_set_issuer_name(cert.get(), name);
+    X509V3_CTX v3;
+    X509V3_set_ctx_nodb(&v3);
+    X509V3_set_ctx(&v3, cert.get(), cert.get(), nullptr, nullptr, 0);
+    for (const auto& [nid, value] : {std::pair{NID_subject_alt_name, "IP:127.0.0.1"},
+                                     std::pair{NID_basic_constraints, "critical,CA:TRUE"}}) {
+      ExtPtr ext(X509V3_EXT_conf_nid(nullptr, &v3, nid, value));
+      REQUIRE(ext);
+      REQUIRE(X509_add_ext(cert.get(), ext.get(), -1) == 1);
+    }
+    REQUIRE(X509_sign(cert.get(), key.get(), EVP_sha256()) > 0);
+    BioPtr cert_bio(BIO_new(BIO_s_mem()));
+    BioPtr key_bio(BIO_new(BIO_s_mem()));
+    REQUIRE(PEM_write_bio_X509(cert_bio.get(), cert.get()) == 1);
+    REQUIRE(PEM_write_bio_PrivateKey(key_bio.get(), key.get(), nullptr, nullptr, 0, nullptr,
+                                     nullptr) == 1);
+    cert_pem = BioText(cert_bio.get());
+    key_pem = BioText(key_bio.get());
+  }
+};
+
+}  // namespace
+
+TEST_CASE("cli http: https verifies the ingress's certificate unless told not to",
+          "[cli][http][tls]") {
+  const SelfSigned pki;
+  asio::ssl::context server_tls(asio::ssl::context::tls_server);
+  server_tls.use_certificate_chain(asio::buffer(pki.cert_pem));
+  server_tls.use_private_key(asio::buffer(pki.key_pem), asio::ssl::context::pem);
+  TestServer server(
+      {Json(200, R"({"ok":true})"), Json(200, R"({"ok":true})"), Json(200, R"({"ok":true})")},
+      &server_tls);
+  Cli cli(server.url());
+  const fs::path ca = cli.home.path() / "ca.pem";
+  std::ofstream(ca) << pki.cert_pem;
+
+  SECTION("the system's CAs do not trust a self-signed certificate") {
+    CHECK(cli.Run({"call", "echo", "Echo"}) == 1);
+    CHECK(cli.err.str().find("certificate verify failed") != std::string::npos);
+    CHECK(cli.err.str().find("MUON_CA_FILE") != std::string::npos);
+    CHECK(server.seen().empty());
+  }
+  SECTION("MUON_CA_FILE trusts it") {
+    cli.extra_env["MUON_CA_FILE"] = ca.string();
+    CHECK(cli.Run({"call", "echo", "Echo"}) == 0);
+    CHECK(cli.out.str() == "{\n \"ok\": true\n}\n");
+  }
+  SECTION("a trusted certificate for another name is still refused") {
+    cli.extra_env["MUON_CA_FILE"] = ca.string();
+    cli.ingress_url = "https://localhost:" + std::to_string(server.port());
+    CHECK(cli.Run({"call", "echo", "Echo"}) == 1);
+    CHECK(cli.err.str().find("TLS handshake with localhost:") != std::string::npos);
+    CHECK(cli.err.str().find("the certificate is not valid for localhost") != std::string::npos);
+    CHECK(server.seen().empty());
+  }
+  SECTION("--insecure and MUON_INSECURE=1 skip verification") {
+    CHECK(cli.Run({"call", "echo", "Echo", "--insecure"}) == 0);
+    cli.extra_env["MUON_INSECURE"] = "1";
+    CHECK(cli.Run({"call", "echo", "Echo"}) == 0);
+    CHECK(server.seen().size() == 2);
+  }
+  SECTION("a missing CA file is a clear error") {
+    cli.extra_env["MUON_CA_FILE"] = (cli.home.path() / "nope.pem").string();
+    CHECK(cli.Run({"call", "echo", "Echo"}) == 1);
+    CHECK(cli.err.str().find("cannot load the CA file " + (cli.home.path() / "nope.pem").string() +
+                             ": No such file or directory") != std::string::npos);
+  }
+}
