@@ -23,14 +23,9 @@ void AppendJsonString(std::string& out, std::string_view text) {
       case '\t':
         out += "\\t";
         break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
       default:
-        if (c < 0x20) {
+        // Other control characters (and DEL, which terminals act on) as \u00XX.
+        if (c < 0x20 || c == 0x7f) {
           fmt::format_to(std::back_inserter(out), "\\u{:04x}", c);
         } else {
           out.push_back(static_cast<char>(c));

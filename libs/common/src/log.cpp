@@ -8,6 +8,8 @@
 #include <iterator>
 #include <mutex>
 
+#include "muon/common/json_writer.h"
+
 namespace muon::log {
 namespace {
 
@@ -45,34 +47,9 @@ bool NeedsQuotes(std::string_view v) {
   return false;
 }
 
+// logfmt quotes values the way JSON quotes strings.
 void AppendQuoted(std::string& out, std::string_view v) {
-  out += '"';
-  for (char c : v) {
-    switch (c) {
-      case '\\':
-        out += "\\\\";
-        break;
-      case '"':
-        out += "\\\"";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (IsControl(static_cast<unsigned char>(c))) {
-          fmt::format_to(std::back_inserter(out), "\\u{:04x}", static_cast<unsigned char>(c));
-        } else {
-          out += c;
-        }
-    }
-  }
-  out += '"';
+  AppendJsonString(out, v);
 }
 
 void AppendValue(std::string& out, std::string_view v) {
