@@ -161,6 +161,9 @@ HttpServer::~HttpServer() {
   for (auto& w : workers_) {
     if (w->thread.joinable()) w->thread.join();
   }
+  // Destroying the io_contexts destroys the sessions still queued in them, and those update the
+  // counters below: do it while the counters still exist.
+  workers_.clear();
 }
 
 void HttpServer::Start() {

@@ -61,9 +61,13 @@ struct Region {
   muon::Process auth, ingress, echo;
   uint16_t port = muon::testing::FreePort();
 
+  // With a CA file the ingress serves HTTPS and is checked with curl against that CA.
+  std::string ca_file;
+
   Region(std::string region, const std::string& database_url, const std::string& key_file,
-         std::vector<std::string> ingress_args = {}, bool with_echo = true)
-      : name(std::move(region)) {
+         std::vector<std::string> ingress_args = {}, bool with_echo = true,
+         std::string tls_ca_file = "")
+      : name(std::move(region)), ca_file(std::move(tls_ca_file)) {
     WriteFile(dir.path() + "/admin-password", "correct horse battery staple");
     WriteFile(dir.path() + "/service-secret", "platform-secret-for-tests-0123456789abcdef");
     auth = Start("muon-auth", {},
@@ -78,6 +82,7 @@ struct Region {
                     {{"MUON_SERVICE_SECRET_FILE", dir.path() + "/service-secret"}});
     const bool ready = muon::testing::WaitUntil(
         [&] {
+          if (!ca_file.empty()) return Curl({"-f", url() + "/readyz"}).status.Success();
           try {
             return HttpRequest("GET", url() + "/readyz").status == 200;
           } catch (const std::exception&) {
@@ -98,7 +103,15 @@ struct Region {
                           .output_file = dir.path() + "/" + binary + ".log"});
   }
 
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port); }
+  std::string url() const {
+    return (ca_file.empty() ? "http://127.0.0.1:" : "https://127.0.0.1:") + std::to_string(port);
+  }
+
+  // curl, trusting only the test's CA: a real TLS client with certificate verification.
+  muon::RunResult Curl(std::vector<std::string> args) const {
+    args.insert(args.begin(), {"-sS", "--max-time", "5", "--cacert", ca_file});
+    return muon::RunCommand({.program = "curl", .args = std::move(args)}, 10s);
+  }
 
   std::string Logs() const {
     std::string all;
@@ -328,4 +341,43 @@ TEST_CASE("a token issued in eu is accepted by the us ingress", "[ingress][regio
 
   us.WaitForEcho(token);  // accepted in us
   CHECK(us.Post("/v1/auth/Whoami", "{}", token).status == 200);
+}
+
+TEST_CASE("the ingress serves HTTPS with the certificate and key from files", "[ingress][tls]") {
+  Shared shared;
+  muon::testing::TempDir certs{"muon-test-tls"};
+  const std::string cert = certs.path() + "/cert.pem", key = certs.path() + "/key.pem";
+  auto made = muon::RunCommand(
+      {.program = "openssl",
+       .args = {"req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+                "-addext", "subjectAltName=IP:127.0.0.1"}},
+      30s);
+  INFO(made.output);
+  REQUIRE(made.status.Success());
+  Region us("us", shared.database, shared.key_file, {"--tls-cert=" + cert, "--tls-key=" + key},
+            true, cert);
+
+  auto login = us.Curl({"-H", "Content-Type: application/json", "-d",
+                        R"({"email":"admin@muon.local","password":"correct horse battery staple"})",
+                        us.url() + "/v1/auth/Login"});
+  INFO(login.output);
+  REQUIRE(login.status.Success());
+  const std::string token = Field(Json(login.output), "accessToken");
+  REQUIRE_FALSE(token.empty());
+  const bool answered = muon::testing::WaitUntil(
+      [&] {
+        auto call = us.Curl({"-f", "-H", "Content-Type: application/json", "-H",
+                             "Authorization: Bearer " + token, "-d", R"({"message":"over tls"})",
+                             us.url() + "/v1/echo/Echo"});
+        return call.status.Success() && call.output.find("over tls") != std::string::npos;
+      },
+      15s, 100ms);
+  CHECK(answered);
+  // Plain HTTP to the TLS port gets no answer, and an untrusting client refuses the certificate.
+  CHECK_THROWS(
+      HttpRequest("GET", "http://127.0.0.1:" + std::to_string(us.port) + "/healthz", "", {}, 2s));
+  auto untrusted = muon::RunCommand(
+      {.program = "curl", .args = {"-sS", "--max-time", "5", us.url() + "/healthz"}}, 10s);
+  CHECK_FALSE(untrusted.status.Success());
 }
