@@ -53,7 +53,10 @@ void AddIngressOptions(config::Spec& spec) {
       .Int("rate-burst", "MUON_INGRESS_RATE_BURST", 0, 0, 10'000'000,
            "burst size of the rate limit (default: one second's worth)")
       .String("service-secret-file", "MUON_SERVICE_SECRET_FILE", "",
-              "platform service secret, used to fetch the access rules from auth");
+              "platform service secret, used to fetch the access rules from auth")
+      .Bool("bus-batching", "MUON_INGRESS_BUS_BATCHING", false,
+            "let nats.c buffer publishes and flush them together (fewer syscalls under heavy "
+            "load, about a millisecond more latency when idle)");
 }
 
 IngressApp::IngressApp(const config::Values& config, bus::Connection& control_bus)
@@ -62,8 +65,9 @@ IngressApp::IngressApp(const config::Values& config, bus::Connection& control_bu
   const size_t workers = static_cast<size_t>(config.Int("workers"));
   for (size_t i = 0; i < workers; ++i) {
     WorkerBus worker;
-    worker.connection = bus::Connection::Connect(
-        {.url = config.String("nats-url"), .name = fmt::format("muon-ingress-w{}", i)});
+    worker.connection = bus::Connection::Connect({.url = config.String("nats-url"),
+                                                  .name = fmt::format("muon-ingress-w{}", i),
+                                                  .send_asap = !config.Bool("bus-batching")});
     worker.requester = std::make_unique<bus::AsyncRequester>(*worker.connection);
     buses_.push_back(std::move(worker));
   }
