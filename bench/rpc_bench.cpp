@@ -10,12 +10,14 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <functional>
 #include <atomic>
 #include <thread>
 #include <vector>
 
 #include "echo_handlers.h"
 #include "harness.h"
+#include "muon/common/async_requester.h"
 #include "muon/common/bus.h"
 #include "muon/common/config.h"
 #include "muon/common/log.h"
@@ -109,6 +111,50 @@ int main(int argc, char** argv) {
     std::sort(samples.begin(), samples.end());
     fmt::print("{:.1f}\n", samples[samples.size() / 2]);
     return 0;
+  }
+  if (argc == 6 && std::string(argv[1]) == "--direct-throughput") {
+    // rpc_bench --direct-throughput NATS_URL SUBJECT JSON SECONDS: requests/s with 64 requests
+    // kept in flight on one connection (bus::AsyncRequester, as the ingress does), no HTTP: the
+    // ceiling of what any proxy in front of this service can reach on this machine.
+    auto conn = muon::bus::Connection::Connect({.url = argv[2], .name = "bench-direct"});
+    if (!conn->WaitConnected(5s)) return 1;
+    muon::bus::AsyncRequester requester(*conn);
+    const muon::bus::Headers headers = {{"Content-Type", "application/json"}};
+    const std::string subject = argv[3], body = argv[4];
+    const auto seconds = std::chrono::seconds(std::stoi(argv[5]));
+    std::atomic<uint64_t> done{0}, failed{0};
+    std::atomic<bool> stop{false};
+    std::function<void()> issue = [&] {
+      if (stop) return;
+      requester.Request(subject, body, headers, 5s, [&](std::error_code ec, muon::bus::Msg) {
+        if (ec) {
+          failed++;  // stop this lane: a synchronous failure must not recurse
+          return;
+        }
+        done++;
+        issue();
+      });
+    };
+    for (int i = 0; i < 64; ++i) issue();
+    std::atomic<bool> sweeping{true};
+    std::thread sweeper([&] {
+      while (sweeping) {
+        requester.Sweep();
+        std::this_thread::sleep_for(20ms);
+      }
+    });
+    std::this_thread::sleep_for(1s);
+    const uint64_t before = done;
+    const auto start = Clock::now();
+    std::this_thread::sleep_for(seconds);
+    const uint64_t after = done;
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    stop = true;
+    while (requester.pending() > 0) std::this_thread::sleep_for(10ms);
+    sweeping = false;
+    sweeper.join();
+    fmt::print("{:.0f}\n", static_cast<double>(after - before) / elapsed);
+    return failed > 0 ? 1 : 0;
   }
   int rounds = 3;
   int serial_n = 20000;
