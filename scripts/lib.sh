@@ -37,8 +37,8 @@ MUON_BUILD_PACKAGES=(
 # git: the builder clones repositories; bubblewrap: sandbox for build steps and instances.
 MUON_RUN_PACKAGES=(nats-server postgresql bubblewrap git curl)
 # Only for tests: docker-compose validates compose.yaml (no Docker engine is needed for that);
-# openssl makes the certificate of the HTTPS test.
-MUON_TEST_PACKAGES=(docker-compose openssl)
+# openssl makes the certificate of the HTTPS test; clang brings libFuzzer for the fuzz tier.
+MUON_TEST_PACKAGES=(docker-compose openssl clang libclang-rt-14-dev)
 # Only for benchmarks (never installed by scripts/test).
 MUON_BENCH_PACKAGES=(wrk nginx-light)
 # Shared libraries the service binaries need at run time (container images; see docker/Dockerfile).
