@@ -249,6 +249,18 @@ void AwaitReady(Process& process, const std::string& what, const std::string& lo
   }
 }
 
+// Starts the process and waits for readiness; a server that never became ready is killed.
+void StartAndAwait(Process& process, const ProcessOptions& options, const std::string& what,
+                   std::chrono::milliseconds deadline, const std::function<bool()>& ready) {
+  process = Process(options);
+  try {
+    AwaitReady(process, what, options.output_file, deadline, ready);
+  } catch (...) {
+    process = Process();
+    throw;
+  }
+}
+
 bool RunningAsRoot() {
   return ::geteuid() == 0;
 }
@@ -368,14 +380,8 @@ void NatsServer::Start() {
   // configured (flag errors, panics).
   options.output_file = log_path();
   options.parent_death_signal = SIGKILL;
-  process_ = Process(options);
-  try {
-    AwaitReady(process_, "nats-server on port " + std::to_string(port_), log_path(),
-               kNatsReadyDeadline, [this] { return NatsReady(url()); });
-  } catch (...) {
-    process_ = Process();  // kills a server that never became ready
-    throw;
-  }
+  StartAndAwait(process_, options, "nats-server on port " + std::to_string(port_),
+                kNatsReadyDeadline, [this] { return NatsReady(url()); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -471,14 +477,8 @@ void Postgres::Start() {
   // In the foreground (not pg_ctl) so the death signal reaches the postmaster; SIGQUIT is an
   // immediate shutdown in which it still stops its children and frees shared memory.
   options.parent_death_signal = SIGQUIT;
-  process_ = Process(options);
-  try {
-    AwaitReady(process_, "postgres on port " + std::to_string(port_), log_path(),
-               kPostgresReadyDeadline, [this] { return PostgresReady(url()); });
-  } catch (...) {
-    process_ = Process();  // kills a server that never became ready
-    throw;
-  }
+  StartAndAwait(process_, options, "postgres on port " + std::to_string(port_),
+                kPostgresReadyDeadline, [this] { return PostgresReady(url()); });
 }
 
 Postgres& Postgres::Shared() {

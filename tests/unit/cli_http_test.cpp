@@ -33,6 +33,7 @@
 #include <thread>
 #include <vector>
 
+#include "harness.h"
 #include "muon/cli/app.h"
 #include "muon/cli/store.h"
 
@@ -46,25 +47,6 @@ using namespace std::chrono_literals;
 namespace {
 
 constexpr int64_t kNow = 1700000000;
-
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "muon-cli-http-XXXXXX").string();
-    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 struct Seen {
   std::string method;
@@ -212,7 +194,7 @@ class FakePrompter : public muon::cli::Prompter {
 
 // One CLI run with its own config dir.
 struct Cli {
-  TempDir home;
+  muon::testing::TempDir home{"muon-test-cli-http"};
   std::ostringstream out;
   std::ostringstream err;
   std::istringstream in;
@@ -223,7 +205,9 @@ struct Cli {
 
   explicit Cli(std::string url) : ingress_url(std::move(url)) {}
 
-  muon::cli::Store store() const { return muon::cli::Store(home.path() / "xdg" / "muon"); }
+  muon::cli::Store store() const {
+    return muon::cli::Store(fs::path(home.path()) / "xdg" / "muon");
+  }
 
   void LogIn(const std::string& access, const std::string& refresh, int64_t expires_at,
              const std::string& url = "") const {
@@ -243,7 +227,7 @@ struct Cli {
     err.str("");
     in.clear();
     in.str(stdin_text);
-    muon::cli::Environment env = {{"XDG_CONFIG_HOME", (home.path() / "xdg").string()},
+    muon::cli::Environment env = {{"XDG_CONFIG_HOME", (fs::path(home.path()) / "xdg").string()},
                                   {"MUON_INGRESS_URL", ingress_url},
                                   {"MUON_REGION", "local"}};
     env.insert(extra_env.begin(), extra_env.end());
@@ -252,7 +236,7 @@ struct Cli {
         .err = err,
         .in = in,
         .env = env,
-        .cwd = home.path(),
+        .cwd = fs::path(home.path()),
         .prompter = prompter,
         .now = [] { return kNow; },
         .timeout_slack = slack,
@@ -631,7 +615,7 @@ TEST_CASE("cli http: https verifies the ingress's certificate unless told not to
       {Json(200, R"({"ok":true})"), Json(200, R"({"ok":true})"), Json(200, R"({"ok":true})")},
       &server_tls);
   Cli cli(server.url());
-  const fs::path ca = cli.home.path() / "ca.pem";
+  const fs::path ca = fs::path(cli.home.path()) / "ca.pem";
   std::ofstream(ca) << pki.cert_pem;
 
   SECTION("the system's CAs do not trust a self-signed certificate") {
@@ -660,9 +644,10 @@ TEST_CASE("cli http: https verifies the ingress's certificate unless told not to
     CHECK(server.seen().size() == 2);
   }
   SECTION("a missing CA file is a clear error") {
-    cli.extra_env["MUON_CA_FILE"] = (cli.home.path() / "nope.pem").string();
+    cli.extra_env["MUON_CA_FILE"] = (fs::path(cli.home.path()) / "nope.pem").string();
     CHECK(cli.Run({"call", "echo", "Echo"}) == 1);
-    CHECK(cli.err.str().find("cannot load the CA file " + (cli.home.path() / "nope.pem").string() +
+    CHECK(cli.err.str().find("cannot load the CA file " +
+                             (fs::path(cli.home.path()) / "nope.pem").string() +
                              ": No such file or directory") != std::string::npos);
   }
 }

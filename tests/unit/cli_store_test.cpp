@@ -10,6 +10,7 @@
 #include <fstream>
 #include <string>
 
+#include "harness.h"
 #include "muon/cli/exit_codes.h"
 #include "muon/cli/http_client.h"
 #include "muon/cli/store.h"
@@ -20,25 +21,6 @@ using muon::cli::Environment;
 using muon::cli::Store;
 
 namespace {
-
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "muon-cli-test-XXXXXX").string();
-    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 unsigned Mode(const fs::path& p) {
   struct stat st {};
@@ -69,8 +51,8 @@ TEST_CASE("cli: config dir follows XDG_CONFIG_HOME, then HOME", "[cli]") {
 }
 
 TEST_CASE("cli: credentials are written 0600 in a 0700 dir, atomically", "[cli]") {
-  TempDir tmp;
-  const fs::path dir = tmp.path() / "xdg" / "muon";
+  muon::testing::TempDir tmp{"muon-test-cli"};
+  const fs::path dir = fs::path(tmp.path()) / "xdg" / "muon";
   Store store(dir);
   // Whatever the umask, the modes are exact.
   const mode_t old_umask = ::umask(0);
@@ -93,7 +75,7 @@ TEST_CASE("cli: credentials are written 0600 in a 0700 dir, atomically", "[cli]"
 
   // Atomic replacement: a new inode is renamed over the old one, so a reader holding the old
   // file (here: a hard link to it) sees the old content whole, never a half-written file.
-  const fs::path old_link = tmp.path() / "old-credentials";
+  const fs::path old_link = fs::path(tmp.path()) / "old-credentials";
   fs::create_hard_link(store.credentials_path(), old_link);
   c.set_refresh_token("refresh-2");
   store.SaveCredentials(creds);
@@ -113,8 +95,8 @@ TEST_CASE("cli: credentials are written 0600 in a 0700 dir, atomically", "[cli]"
 }
 
 TEST_CASE("cli: missing files read as empty, corrupt ones name the file", "[cli]") {
-  TempDir tmp;
-  Store store(tmp.path() / "muon");
+  muon::testing::TempDir tmp{"muon-test-cli"};
+  Store store(fs::path(tmp.path()) / "muon");
   CHECK(store.LoadConfig().envs_size() == 0);
   CHECK(store.LoadCredentials().envs().empty());
   Spit(store.config_path(), "{not json");
@@ -128,11 +110,11 @@ TEST_CASE("cli: missing files read as empty, corrupt ones name the file", "[cli]
 }
 
 TEST_CASE("cli: the credentials lock can be taken again after release", "[cli]") {
-  TempDir tmp;
-  Store store(tmp.path() / "muon");
+  muon::testing::TempDir tmp{"muon-test-cli"};
+  Store store(fs::path(tmp.path()) / "muon");
   { auto lock = store.LockCredentials(); }
   auto again = store.LockCredentials();
-  CHECK(Mode(tmp.path() / "muon" / "credentials.lock") == 0600);
+  CHECK(Mode(fs::path(tmp.path()) / "muon" / "credentials.lock") == 0600);
 }
 
 TEST_CASE("cli: stack.env parsing", "[cli]") {
@@ -157,8 +139,8 @@ TEST_CASE("cli: stack.env parsing", "[cli]") {
 }
 
 TEST_CASE("cli: which stack.env", "[cli]") {
-  TempDir tmp;
-  const fs::path repo = tmp.path() / "repo";
+  muon::testing::TempDir tmp{"muon-test-cli"};
+  const fs::path repo = fs::path(tmp.path()) / "repo";
   fs::create_directories(repo / ".git");
   fs::create_directories(repo / "services" / "echo");
   CHECK(muon::cli::GitToplevel(repo / "services" / "echo") == repo);
@@ -170,8 +152,8 @@ TEST_CASE("cli: which stack.env", "[cli]") {
 }
 
 TEST_CASE("cli: which ingress a command talks to", "[cli]") {
-  TempDir tmp;
-  const fs::path repo = tmp.path() / "repo";
+  muon::testing::TempDir tmp{"muon-test-cli"};
+  const fs::path repo = fs::path(tmp.path()) / "repo";
   fs::create_directories(repo / ".git");
   muon::cli::v1::Config config;
   const Environment none;
