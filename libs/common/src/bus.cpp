@@ -470,7 +470,7 @@ std::error_code FromJs(natsStatus status, jsErrCode code, const char* what) {
 }
 }  // namespace
 
-JetStream::JetStream(Connection& connection) {
+JetStream::JetStream(Connection& connection) : connection_(connection) {
   Check(natsConnection_JetStream(&js_, connection.raw(), nullptr), "natsConnection_JetStream");
 }
 
@@ -537,6 +537,108 @@ std::error_code JetStream::PullSubscribe(std::string_view stream, const Consumer
                                        config.durable.c_str(), nullptr, &so, &code);
   if (status == NATS_OK) consumer.sub_.reset(sub);
   return FromJs(status, code, "pull subscribe");
+}
+
+std::error_code JetStream::AckFloor(std::string_view stream, std::string_view durable,
+                                    uint64_t& floor) {
+  jsConsumerInfo* info = nullptr;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  const std::string s = Z(stream), d = Z(durable);
+  natsStatus status = js_GetConsumerInfo(&info, js_, s.c_str(), d.c_str(), nullptr, &code);
+  if (info != nullptr) {
+    floor = info->AckFloor.Stream;
+    jsConsumerInfo_Destroy(info);
+  }
+  return FromJs(status, code, "consumer info");
+}
+
+std::error_code JetStream::LastSequence(std::string_view stream, uint64_t& last) {
+  jsStreamInfo* info = nullptr;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  const std::string s = Z(stream);
+  natsStatus status = js_GetStreamInfo(&info, js_, s.c_str(), nullptr, &code);
+  if (info != nullptr) {
+    last = info->State.LastSeq;
+    jsStreamInfo_Destroy(info);
+  }
+  return FromJs(status, code, "stream info");
+}
+
+std::error_code JetStream::SubscribeOrdered(std::string_view stream,
+                                            std::string_view filter_subject,
+                                            uint64_t start_sequence, MsgHandler handler,
+                                            Subscription& subscription) {
+  Subscription result;
+  result.state_ = std::make_unique<Subscription::State>();
+  auto* state = result.state_.get();
+  state->handler = std::move(handler);
+  jsSubOptions so;
+  jsSubOptions_Init(&so);
+  const std::string stream_name = Z(stream), filter = Z(filter_subject);
+  so.Stream = stream_name.c_str();
+  so.Ordered = true;
+  if (start_sequence > 0) {
+    so.Config.DeliverPolicy = js_DeliverByStartSequence;
+    so.Config.OptStartSeq = start_sequence;
+  } else {
+    so.Config.DeliverPolicy = js_DeliverNew;
+  }
+  jsErrCode code = static_cast<jsErrCode>(0);
+  natsStatus status = js_Subscribe(&state->sub, js_, filter.c_str(),
+                                   &Subscription::State::OnMessage, state, nullptr, &so, &code);
+  if (status != NATS_OK) {
+    state->sub = nullptr;
+    return FromJs(status, code, "ordered subscribe");
+  }
+  natsSubscription_SetOnCompleteCB(state->sub, &Subscription::State::OnComplete, state);
+  natsSubscription_SetPendingLimits(state->sub, 1 << 16, 256 * 1024 * 1024);
+  subscription = std::move(result);
+  return {};
+}
+
+std::optional<JsDelivery> ParseJsDelivery(std::string_view reply) {
+  constexpr std::string_view kPrefix = "$JS.ACK.";
+  if (reply.substr(0, kPrefix.size()) != kPrefix) return std::nullopt;
+  std::vector<std::string_view> tokens;
+  size_t start = kPrefix.size();
+  while (start <= reply.size()) {
+    const size_t dot = reply.find('.', start);
+    const size_t end = dot == std::string_view::npos ? reply.size() : dot;
+    tokens.push_back(reply.substr(start, end - start));
+    if (dot == std::string_view::npos) break;
+    start = dot + 1;
+  }
+  // v1: stream.consumer.delivered.sseq.cseq.ts.pending (7 tokens); v2 prepends domain and
+  // account hash and appends a random token (9+ tokens).
+  size_t first;
+  if (tokens.size() == 7) {
+    first = 0;
+  } else if (tokens.size() >= 9) {
+    first = 2;
+  } else {
+    return std::nullopt;
+  }
+  auto number = [](std::string_view t, uint64_t& out) {
+    if (t.empty()) return false;
+    out = 0;
+    for (char c : t) {
+      if (c < '0' || c > '9') return false;
+      out = out * 10 + static_cast<uint64_t>(c - '0');
+    }
+    return true;
+  };
+  JsDelivery d;
+  if (!number(tokens[first + 2], d.delivered) || !number(tokens[first + 3], d.stream_sequence)) {
+    return std::nullopt;
+  }
+  return d;
+}
+
+std::error_code PullConsumer::AckAll(const std::vector<Msg>& messages) {
+  for (const auto& m : messages) {
+    if (auto ec = m.Ack()) return ec;
+  }
+  return {};
 }
 
 std::error_code PullConsumer::Fetch(int batch, std::chrono::milliseconds timeout,

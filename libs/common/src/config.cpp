@@ -69,6 +69,7 @@ uint64_t UnitNanos(std::string_view unit) {
   if (unit == "s") return 1'000'000'000;
   if (unit == "m") return 60'000'000'000;
   if (unit == "h") return 3'600'000'000'000;
+  if (unit == "d") return 86'400'000'000'000;
   return 0;
 }
 

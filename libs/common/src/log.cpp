@@ -157,6 +157,17 @@ void RemoveSink(const std::shared_ptr<Sink>& sink) {
   s.sinks = std::move(next);
 }
 
+namespace {
+void AppendFields(std::string& out, const std::vector<Field>& fields) {
+  for (const Field& f : fields) {
+    out += ' ';
+    AppendKey(out, f.key);
+    out += '=';
+    AppendValue(out, f.value);
+  }
+}
+}  // namespace
+
 std::string Format(const Record& record) {
   std::string out;
   out.reserve(64 + record.component.size() + record.message.size() + 24 * record.fields.size());
@@ -171,12 +182,13 @@ std::string Format(const Record& record) {
   // msg is always quoted so that it reads the same whether or not it has spaces.
   out += " msg=";
   AppendQuoted(out, record.message);
-  for (const Field& f : record.fields) {
-    out += ' ';
-    AppendKey(out, f.key);
-    out += '=';
-    AppendValue(out, f.value);
-  }
+  AppendFields(out, record.fields);
+  return out;
+}
+
+std::string FormatMessage(const Record& record) {
+  std::string out = record.message;
+  AppendFields(out, record.fields);
   return out;
 }
 

@@ -151,6 +151,11 @@ std::vector<auth::v1::Rule> DefaultRules() {
     out.push_back(
         MakeRule("*", "auth", method, "allow", 500, "every account manages its own password"));
   }
+  // Developers read logs (logs.Read.<service> is checked on top of Query/Tail; narrow it per
+  // service with rules of higher priority).
+  for (const char* method : {"Query", "Tail", "Read.*"}) {
+    out.push_back(MakeRule("developer", "logs", method, "allow", 500, "developers read logs"));
+  }
   for (const char* service : {"auth", "builder", "scheduler", "logs", "github-events", "ingress"}) {
     out.push_back(MakeRule("*", service, "*", "deny", 400,
                            "platform endpoints are admin endpoints unless a rule opens them"));

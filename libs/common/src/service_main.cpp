@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "muon/common/log.h"
+#include "muon/common/log_lines.h"
 
 namespace muon {
 
@@ -59,6 +60,15 @@ int RunService(int argc, char** argv, config::Spec spec, ServiceOptions options,
 
   std::unique_ptr<bus::Connection> connection;
   std::unique_ptr<Service> service;
+  std::unique_ptr<loglines::Shipper> shipper;
+  std::shared_ptr<loglines::ShipperSink> shipper_sink;
+  // The sink goes before the shipper, and both before the connection.
+  struct SinkRemover {
+    std::shared_ptr<loglines::ShipperSink>& sink;
+    ~SinkRemover() {
+      if (sink) log::RemoveSink(sink);
+    }
+  } remove_sink{shipper_sink};
   std::vector<std::function<void()>> on_shutdown;
   try {
     options.instance_id = cfg.String("instance");
@@ -68,6 +78,18 @@ int RunService(int argc, char** argv, config::Spec spec, ServiceOptions options,
     connection = bus::Connection::Connect(
         {.url = cfg.String("nats-url"), .name = fmt::format("muon-{}", options.name)});
     service = std::make_unique<Service>(*connection, options);
+    if (options.kind == ServiceKind::kPlatform) {
+      // Platform services' own logs go to the log stream too (user services' output is
+      // captured by the node runtime instead).
+      shipper = std::make_unique<loglines::Shipper>(
+          *connection, loglines::ShipperOptions{.service = options.name,
+                                                .instance = service->id(),
+                                                .release = options.version,
+                                                .region = cfg.String("region"),
+                                                .source = logs::v1::SOURCE_PLATFORM});
+      shipper_sink = std::make_shared<loglines::ShipperSink>(*shipper);
+      log::AddSink(shipper_sink);
+    }
     ServiceContext ctx{cfg, *connection, *service, on_shutdown};
     setup(ctx);
     service->Start();
@@ -92,8 +114,11 @@ int RunService(int argc, char** argv, config::Spec spec, ServiceOptions options,
   service->Stop(drain_timeout);
   for (auto& fn : on_shutdown) fn();
   service.reset();
-  connection->DrainAndClose(std::chrono::seconds(5));
   log::Info("stopped");
+  log::RemoveSink(shipper_sink);
+  shipper_sink.reset();
+  shipper.reset();  // flushes what is queued
+  connection->DrainAndClose(std::chrono::seconds(5));
   return 0;
 }
 

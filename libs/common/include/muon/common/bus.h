@@ -101,6 +101,7 @@ class Subscription {
 
  private:
   friend class Connection;
+  friend class JetStream;
   struct State;
   std::unique_ptr<State> state_;
 };
@@ -214,11 +215,33 @@ class JetStream {
   std::error_code PullSubscribe(std::string_view stream, const ConsumerConfig& config,
                                 PullConsumer& consumer);
 
+  // The stream sequence up to which a durable consumer has every message acknowledged.
+  std::error_code AckFloor(std::string_view stream, std::string_view durable, uint64_t& floor);
+  // The stream's last sequence (0 when empty).
+  std::error_code LastSequence(std::string_view stream, uint64_t& last);
+
+  // An ordered, ephemeral push consumer (no acks, flow control and heartbeats handled by nats.c)
+  // delivering messages of `filter_subject` from stream sequence `start_sequence` on (0 = only
+  // new messages) to `handler` on the subscription's thread.
+  std::error_code SubscribeOrdered(std::string_view stream, std::string_view filter_subject,
+                                   uint64_t start_sequence, MsgHandler handler,
+                                   Subscription& subscription);
+
   jsCtx* raw() const { return js_; }
 
  private:
   jsCtx* js_ = nullptr;
+  Connection& connection_;
 };
+
+// What a JetStream-delivered message's reply subject
+// ($JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>) says.
+struct JsDelivery {
+  uint64_t stream_sequence = 0;
+  uint64_t delivered = 0;  // 1 on first delivery, more on redeliveries
+};
+// nullopt when the message did not come from a JetStream consumer.
+std::optional<JsDelivery> ParseJsDelivery(std::string_view reply_subject);
 
 class PullConsumer {
  public:
@@ -227,6 +250,8 @@ class PullConsumer {
   // kTimeout is the normal "nothing to do".
   std::error_code Fetch(int batch, std::chrono::milliseconds timeout, std::vector<Msg>& out);
   bool Valid() const { return static_cast<bool>(sub_); }
+  // Acknowledges every message in one go without waiting (explicit acks, one publish each).
+  static std::error_code AckAll(const std::vector<Msg>& messages);
 
  private:
   friend class JetStream;

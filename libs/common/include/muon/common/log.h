@@ -56,6 +56,9 @@ void RemoveSink(const std::shared_ptr<Sink>& sink);
 
 // Renders a record as one logfmt line without a trailing newline (exposed for tests).
 std::string Format(const Record& record);
+// The message followed by the fields as key=value pairs (no time, level or component): what the
+// log stream carries, since those travel as fields of the line there.
+std::string FormatMessage(const Record& record);
 
 void Write(Level level, std::string_view message, std::initializer_list<Field> fields = {});
 

@@ -1,0 +1,347 @@
+#include "logs_service.h"
+
+#include <fmt/format.h>
+#include <google/protobuf/util/time_util.h>
+
+#include "muon/common/errors.h"
+#include "muon/common/log.h"
+#include "muon/common/log_lines.h"
+
+namespace muon::logs {
+namespace {
+
+using Clock = std::chrono::system_clock;
+constexpr const char* kDurable = "logs";
+constexpr int kMaxLimit = 10000;
+
+int64_t Micros(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
+}
+
+Clock::time_point StartOfDayUtc(Clock::time_point t) {
+  return std::chrono::floor<std::chrono::days>(t);
+}
+
+}  // namespace
+
+void AddOptions(config::Spec& spec) {
+  spec.String("database-url", "DATABASE_URL", std::nullopt, "PostgreSQL URL (schema logs)", true)
+      .String("service-secret-file", "MUON_SERVICE_SECRET_FILE", "",
+              "file holding the platform services' shared secret (service account token)")
+      .Duration("stream-max-age", "MUON_LOGS_STREAM_MAX_AGE", "168h",
+                "how long the LOGS stream keeps lines (limits retention)")
+      .Int("stream-max-mb", "MUON_LOGS_STREAM_MAX_MB", 8192, 1, int64_t(1) << 30,
+           "the LOGS stream's size limit in MiB (oldest lines go first)")
+      .Duration("retention", "MUON_LOGS_RETENTION", "168h",
+                "how long stored lines are kept (whole days are dropped)")
+      .Int("partition-days-ahead", "MUON_LOGS_PARTITION_DAYS_AHEAD", 3, 1, 31,
+           "daily partitions created ahead of today")
+      .Int("ingest-workers", "MUON_LOGS_INGEST_WORKERS", 2, 1, 32,
+           "parallel fetch-and-store loops in this process")
+      .Int("batch-size", "MUON_LOGS_BATCH_SIZE", 5000, 1, 100000, "lines stored per transaction at most")
+      .Duration("batch-wait", "MUON_LOGS_BATCH_WAIT", "100ms",
+                "how long a fetch waits to fill a batch");
+}
+
+LogsOptions OptionsFromConfig(const config::Values& values) {
+  LogsOptions o;
+  o.database_url = values.String("database-url");
+  o.nats_url = values.String("nats-url");
+  if (const auto& file = values.String("service-secret-file"); !file.empty()) {
+    try {
+      o.service_secret = ReadSecretFile(file);
+    } catch (const std::exception& e) {
+      throw config::ConfigError(
+          fmt::format("--service-secret-file (env MUON_SERVICE_SECRET_FILE): {}", e.what()));
+    }
+  }
+  o.stream_max_age = std::chrono::duration_cast<std::chrono::seconds>(
+      values.Duration("stream-max-age"));
+  o.stream_max_bytes = values.Int("stream-max-mb") * 1024 * 1024;
+  o.retention = std::chrono::duration_cast<std::chrono::hours>(values.Duration("retention"));
+  o.partition_days_ahead = static_cast<int>(values.Int("partition-days-ahead"));
+  o.ingest_workers = static_cast<int>(values.Int("ingest-workers"));
+  o.batch_size = static_cast<int>(values.Int("batch-size"));
+  o.batch_wait =
+      std::chrono::duration_cast<std::chrono::milliseconds>(values.Duration("batch-wait"));
+  if (o.retention < std::chrono::hours(24)) {
+    throw config::ConfigError("--retention (env MUON_LOGS_RETENTION) must be at least 24h");
+  }
+  o.db_connections = static_cast<size_t>(o.ingest_workers) + 4;
+  return o;
+}
+
+ServiceOptions DefaultServiceOptions() {
+  return {.name = "logs",
+          .kind = ServiceKind::kPlatform,
+          .description = "Log lines of every instance, build and platform service: history",
+          .concurrency = 4};
+}
+
+std::optional<Clock::time_point> ParseTimeArg(std::string_view text, Clock::time_point now) {
+  if (auto d = config::ParseDuration(text)) {
+    return now - std::chrono::duration_cast<Clock::duration>(*d);
+  }
+  google::protobuf::Timestamp ts;
+  if (google::protobuf::util::TimeUtil::FromString(std::string(text), &ts)) {
+    return Clock::time_point(std::chrono::duration_cast<Clock::duration>(
+        std::chrono::seconds(ts.seconds()) + std::chrono::nanoseconds(ts.nanos())));
+  }
+  return std::nullopt;
+}
+
+HistoryQuery ResolveQuery(const v1::QueryRequest& request, Clock::time_point now) {
+  HistoryQuery q;
+  q.filter = request.filter();
+  const auto& f = q.filter;
+  if (!f.service().empty() && !loglines::IsValidToken(f.service())) {
+    throw Error::BadRequest("filter.service is not a valid service name");
+  }
+  if (!f.instance().empty() && !loglines::IsValidToken(f.instance())) {
+    throw Error::BadRequest("filter.instance is not a valid instance id");
+  }
+  if (f.grep().size() > 1024) throw Error::BadRequest("filter.grep is longer than 1024 bytes");
+  if (!v1::Source_IsValid(f.source())) throw Error::BadRequest("filter.source is not valid");
+  if (!v1::Severity_IsValid(f.min_severity())) {
+    throw Error::BadRequest("filter.min_severity is not valid");
+  }
+  q.since = now - std::chrono::hours(24);
+  if (!request.since().empty()) {
+    auto t = ParseTimeArg(request.since(), now);
+    if (!t) {
+      throw Error::BadRequest(fmt::format(
+          "since \"{}\" is neither a duration (90s, 15m, 2h, 7d) nor an RFC 3339 time",
+          request.since()));
+    }
+    q.since = *t;
+  }
+  q.until = now + std::chrono::minutes(5);  // emitters' clocks may run a little ahead
+  if (!request.until().empty()) {
+    auto t = ParseTimeArg(request.until(), now);
+    if (!t) {
+      throw Error::BadRequest(fmt::format(
+          "until \"{}\" is neither a duration (90s, 15m, 2h, 7d) nor an RFC 3339 time",
+          request.until()));
+    }
+    q.until = *t;
+  }
+  if (q.until <= q.since) throw Error::BadRequest("until must be later than since");
+  if (request.limit() < 0 || request.limit() > kMaxLimit) {
+    throw Error::BadRequest(fmt::format("limit must be 1..{}", kMaxLimit));
+  }
+  q.limit = request.limit() == 0 ? 100 : request.limit();
+  q.oldest_first = request.oldest_first();
+  if (!request.cursor().empty()) {
+    q.after = DecodeCursor(request.cursor());
+    if (!q.after) throw Error::BadRequest("cursor is not one this service handed out");
+  }
+  return q;
+}
+
+LogsApp::LogsApp(LogsOptions options, bus::Connection& bus)
+    : options_(std::move(options)), bus_(bus) {
+  store_ = std::make_unique<PgStore>(options_.database_url, options_.db_connections);
+  store_->pool().Check();
+  store_->Migrate();
+  MaintainPartitions();
+  js_ = std::make_unique<bus::JetStream>(bus_);
+  if (auto ec = js_->EnsureStream(
+          loglines::StreamConfig(options_.stream_max_age, options_.stream_max_bytes))) {
+    throw std::runtime_error("cannot create the LOGS stream: " + ec.message());
+  }
+}
+
+LogsApp::~LogsApp() {
+  Stop();
+}
+
+void LogsApp::Register(Service& service, bool authorize) {
+  if (authorize) {
+    service_token_ = std::make_unique<ServiceTokenSource>(bus_, "logs", options_.service_secret);
+    verifier_ = std::make_unique<token::Verifier>(BusKeyFetcher(bus_));
+    rules_ = std::make_unique<rules::RuleCache>(
+        BusRuleFetcher(bus_, [this] { return service_token_->Bearer(); }));
+    service.SetAuthorizer(MakeAuthorizer(*verifier_, *rules_));
+  }
+  service.AddEndpoint<v1::QueryRequest, v1::QueryResponse>(
+      "Query", [this](const v1::QueryRequest& request, RequestContext& ctx) {
+        if (rules_) {
+          const std::string endpoint = loglines::ReadEndpoint(request.filter().service());
+          if (rules_->Evaluate(CallerOf(ctx.claims()), "logs", endpoint) !=
+              rules::Decision::kAllow) {
+            const std::string who = ctx.claims() ? ctx.claims()->email() : "anonymous";
+            throw Error::Forbidden(
+                request.filter().service().empty()
+                    ? fmt::format("{} may not read every service's logs; name a service", who)
+                    : fmt::format("{} may not read the logs of {}", who,
+                                  request.filter().service()));
+          }
+        }
+        return Query(request);
+      });
+}
+
+v1::QueryResponse LogsApp::Query(const v1::QueryRequest& request) {
+  const HistoryQuery query = ResolveQuery(request, Clock::now());
+  v1::QueryResponse response;
+  // The watermark is read before the query: every line at or below it is in the result set's
+  // snapshot, so a tail that starts right after it misses nothing.
+  if (request.want_watermark()) {
+    uint64_t floor = 0;
+    if (auto ec = js_->AckFloor(loglines::kStreamName, kDurable, floor); ec) {
+      throw Error::Unavailable("the log stream's consumer is not reachable: " + ec.message());
+    }
+    response.set_committed_through(floor);
+  }
+  HistoryPage page = store_->Query(query);
+  for (auto& line : page.lines) *response.add_lines() = std::move(line);
+  if (page.next) response.set_next_cursor(EncodeCursor(*page.next));
+  return response;
+}
+
+void LogsApp::Start() {
+  for (int i = 0; i < options_.ingest_workers; ++i) {
+    threads_.emplace_back([this, i] { IngestLoop(i); });
+  }
+  threads_.emplace_back([this] { MaintenanceLoop(); });
+}
+
+void LogsApp::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    if (stop_) return;
+    stop_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+}
+
+void LogsApp::MaintainPartitions() {
+  const auto now = Clock::now();
+  const int created = store_->EnsurePartitions(now, options_.partition_days_ahead);
+  const int dropped = store_->DropExpired(now, options_.retention);
+  if (created > 0 || dropped > 0) {
+    log::Info("log partitions maintained", {{"created", created}, {"dropped", dropped}});
+  }
+  // Lines older than the retention would be dropped with their day soon anyway; lines further
+  // ahead than the partitions (a clock far off) are stored at the time they arrive.
+  const auto first = StartOfDayUtc(now - options_.retention) + std::chrono::hours(24);
+  const auto end = StartOfDayUtc(now) + std::chrono::hours(24) * (options_.partition_days_ahead + 1);
+  partitions_first_us_ = Micros(first);
+  partitions_end_us_ = Micros(end);
+}
+
+void LogsApp::MaintenanceLoop() {
+  std::unique_lock lock(mu_);
+  while (!cv_.wait_for(lock, std::chrono::hours(1), [this] { return stop_; })) {
+    lock.unlock();
+    try {
+      MaintainPartitions();
+    } catch (const std::exception& e) {
+      log::Error("log partition upkeep failed", {{"error", e.what()}});
+    }
+    lock.lock();
+  }
+}
+
+std::vector<StoredLine> LogsApp::Decode(std::vector<bus::Msg>& messages) {
+  std::vector<StoredLine> out;
+  out.reserve(messages.size());
+  const int64_t first_us = partitions_first_us_.load();
+  const int64_t end_us = partitions_end_us_.load();
+  for (auto& msg : messages) {
+    const auto delivery = bus::ParseJsDelivery(msg.reply());
+    StoredLine stored;
+    auto& line = stored.line;
+    // The subject names the emitter; a payload that disagrees or does not parse is dropped.
+    const std::string_view subject = msg.subject();
+    const std::string_view rest = subject.substr(loglines::kSubjectPrefix.size());
+    const size_t dot = rest.find('.');
+    if (!delivery || dot == std::string_view::npos ||
+        !line.ParseFromArray(msg.data().data(), static_cast<int>(msg.data().size())) ||
+        line.service() != rest.substr(0, dot) || line.instance() != rest.substr(dot + 1) ||
+        line.seq() == 0) {
+      stats_.rejected++;
+      continue;
+    }
+    int64_t us = line.time().seconds() * 1000000 + line.time().nanos() / 1000;
+    if (us < first_us) {
+      stats_.rejected++;  // older than the retention: its day is gone or about to go
+      continue;
+    }
+    if (us >= end_us) {
+      us = Micros(Clock::now());
+      line.mutable_time()->set_seconds(us / 1000000);
+      line.mutable_time()->set_nanos(static_cast<int32_t>(us % 1000000) * 1000);
+    }
+    std::string capped = line.message();
+    if (loglines::CapMessage(capped, loglines::kDefaultMaxMessageBytes)) {
+      line.set_message(std::move(capped));
+      line.set_truncated(true);
+    }
+    line.set_stream_seq(delivery->stream_sequence);
+    stored.redelivered = delivery->delivered > 1;
+    out.push_back(std::move(stored));
+  }
+  return out;
+}
+
+void LogsApp::IngestLoop(int worker) {
+  // Its own connection: acks are many small publishes, so this one buffers them instead of
+  // writing each at once.
+  auto connection = bus::Connection::Connect({.url = options_.nats_url,
+                                              .name = fmt::format("muon-logs-ingest-{}", worker),
+                                              .send_asap = false});
+  bus::JetStream js(*connection);
+  bus::PullConsumer consumer;
+  auto stopping = [this] {
+    std::lock_guard lock(mu_);
+    return stop_;
+  };
+  auto pause = [this](std::chrono::milliseconds d) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, d, [this] { return stop_; });
+  };
+  while (!stopping()) {
+    if (!consumer.Valid()) {
+      bus::ConsumerConfig cc;
+      cc.durable = kDurable;
+      cc.filter_subject = std::string(loglines::kSubjectPrefix) + ">";
+      cc.ack_wait = std::chrono::seconds(30);
+      cc.max_ack_pending = 200000;
+      if (auto ec = js.PullSubscribe(loglines::kStreamName, cc, consumer)) {
+        log::Warn("cannot bind to the log stream's consumer; retrying",
+                  {{"error", ec.message()}});
+        pause(std::chrono::seconds(1));
+        continue;
+      }
+    }
+    std::vector<bus::Msg> messages;
+    const auto ec = consumer.Fetch(options_.batch_size, options_.batch_wait, messages);
+    if (messages.empty()) {
+      if (ec && ec != bus::BusErrc::kTimeout) pause(std::chrono::milliseconds(250));
+      continue;
+    }
+    std::vector<StoredLine> batch = Decode(messages);
+    try {
+      store_->Insert(batch);
+    } catch (const std::exception& e) {
+      stats_.failures++;
+      log::Error("storing log lines failed; they will be redelivered",
+                 {{"lines", batch.size()}, {"error", e.what()}});
+      for (const auto& m : messages) m.Nak();
+      pause(std::chrono::seconds(1));
+      continue;
+    }
+    if (auto ack_ec = bus::PullConsumer::AckAll(messages)) {
+      log::Warn("acknowledging stored log lines failed; they will be redelivered and skipped",
+                {{"error", ack_ec.message()}});
+    }
+    connection->Flush(std::chrono::seconds(2));
+    stats_.stored += batch.size();
+    stats_.batches++;
+  }
+}
+
+}  // namespace muon::logs

@@ -1,0 +1,75 @@
+#pragma once
+// Storage of log lines in PostgreSQL (schema logs): batched COPY for ingest, partition upkeep,
+// and the history query with keyset paging. All SQL of the logs service lives here.
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "muon/common/db.h"
+#include "muon/logs/v1/logs.pb.h"
+
+namespace muon::logs {
+
+// A history query after validation: times resolved, limit bounded, cursor decoded.
+struct HistoryQuery {
+  v1::Filter filter;
+  std::chrono::system_clock::time_point since;
+  std::chrono::system_clock::time_point until;
+  int limit = 100;
+  bool oldest_first = false;
+  struct Cursor {
+    int64_t ts_us = 0;
+    std::string instance;
+    int64_t seq = 0;
+  };
+  std::optional<Cursor> after;  // continue past this line (in the query's order)
+};
+
+struct HistoryPage {
+  std::vector<v1::LogLine> lines;
+  std::optional<HistoryQuery::Cursor> next;
+};
+
+std::string EncodeCursor(const HistoryQuery::Cursor& cursor);
+// nullopt for anything EncodeCursor did not produce.
+std::optional<HistoryQuery::Cursor> DecodeCursor(std::string_view text);
+
+struct StoredLine {
+  v1::LogLine line;  // stream_seq set
+  bool redelivered = false;  // JetStream delivered it before: it may be stored already
+};
+
+class Store {
+ public:
+  virtual ~Store() = default;
+  // Stores a batch in one transaction. Lines that may be stored already (redeliveries) are
+  // checked by (service, ts, instance, seq) and skipped; returns how many were written.
+  virtual size_t Insert(const std::vector<StoredLine>& batch) = 0;
+  virtual HistoryPage Query(const HistoryQuery& query) = 0;
+  // Creates the partitions for [today - 1, today + days_ahead] (UTC); returns how many were new.
+  virtual int EnsurePartitions(std::chrono::system_clock::time_point now, int days_ahead) = 0;
+  // Drops partitions whose whole day is older than now - retention; returns how many.
+  virtual int DropExpired(std::chrono::system_clock::time_point now,
+                          std::chrono::hours retention) = 0;
+};
+
+class PgStore : public Store {
+ public:
+  PgStore(std::string database_url, size_t max_connections);
+  void Migrate();
+  db::Pool& pool() { return pool_; }
+
+  size_t Insert(const std::vector<StoredLine>& batch) override;
+  HistoryPage Query(const HistoryQuery& query) override;
+  int EnsurePartitions(std::chrono::system_clock::time_point now, int days_ahead) override;
+  int DropExpired(std::chrono::system_clock::time_point now,
+                  std::chrono::hours retention) override;
+
+ private:
+  db::Pool pool_;
+};
+
+}  // namespace muon::logs
