@@ -54,6 +54,11 @@ Route ParseRoute(std::string_view verb, std::string_view target) {
   if (path == "/metrics") return simple(RouteKind::kMetrics, "GET", "/metrics");
   if (path == "/v1/services") return simple(RouteKind::kServices, "GET", "/v1/services");
   if (path == "/v1/auth/keys") return simple(RouteKind::kKeys, "GET", "/v1/auth/keys");
+  if (path == "/v1/logs/tail") {
+    route.service = "logs";
+    route.method = "Tail";
+    return simple(RouteKind::kLogTail, "GET", "/v1/logs/tail");
+  }
 
   constexpr std::string_view kPrefix = "/v1/";
   if (path.substr(0, kPrefix.size()) == kPrefix) {
@@ -76,6 +81,42 @@ Route ParseRoute(std::string_view verb, std::string_view target) {
   route.label = "other";
   route.kind = RouteKind::kNotFound;
   return route;
+}
+
+std::map<std::string, std::string> ParseQueryString(std::string_view target) {
+  std::map<std::string, std::string> out;
+  const auto q = target.find('?');
+  if (q == std::string_view::npos) return out;
+  std::string_view rest = target.substr(q + 1);
+  auto decode = [](std::string_view in) {
+    std::string s;
+    for (size_t i = 0; i < in.size(); ++i) {
+      if (in[i] == '+') {
+        s += ' ';
+      } else if (in[i] == '%') {
+        if (i + 2 >= in.size() || !IsHex(in.substr(i + 1, 2))) {
+          throw std::invalid_argument("malformed percent escape in the query string");
+        }
+        s += static_cast<char>(std::stoi(std::string(in.substr(i + 1, 2)), nullptr, 16));
+        i += 2;
+      } else {
+        s += in[i];
+      }
+    }
+    return s;
+  };
+  while (!rest.empty()) {
+    const auto amp = rest.find('&');
+    const std::string_view pair = rest.substr(0, amp);
+    if (!pair.empty()) {
+      const auto eq = pair.find('=');
+      out[decode(pair.substr(0, eq))] =
+          eq == std::string_view::npos ? std::string() : decode(pair.substr(eq + 1));
+    }
+    if (amp == std::string_view::npos) break;
+    rest.remove_prefix(amp + 1);
+  }
+  return out;
 }
 
 bool IsValidTraceparent(std::string_view v) {

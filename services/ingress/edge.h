@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <mutex>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -20,6 +21,7 @@ enum class RouteKind {
   kHealth,    // GET /healthz
   kReady,     // GET /readyz
   kMetrics,   // GET /metrics
+  kLogTail,   // GET /v1/logs/tail?service=...: server-sent events
   kNotFound,
   kMethodNotAllowed,
   kBadName,  // /v1/<service>/<Method> with characters a subject token cannot hold
@@ -34,6 +36,10 @@ struct Route {
 
 // `verb` is the HTTP method ("GET", "POST"), `target` the request target (query ignored).
 Route ParseRoute(std::string_view verb, std::string_view target);
+
+// The decoded query string of a target ("a=1&b=x%20y"); later keys win. Throws
+// std::invalid_argument on a malformed percent escape.
+std::map<std::string, std::string> ParseQueryString(std::string_view target);
 
 // Valid W3C traceparent ("00-<32 hex>-<16 hex>-<2 hex>", ids not all zero).
 bool IsValidTraceparent(std::string_view value);

@@ -4,7 +4,9 @@
 #include <google/protobuf/util/json_util.h>
 
 #include "muon/auth/v1/auth.pb.h"
+#include "log_tail.h"
 #include "muon/common/errors.h"
+#include "muon/common/log_lines.h"
 #include "muon/common/log.h"
 #include "muon/common/proto_registry.h"
 #include "muon/common/service.h"
@@ -52,6 +54,7 @@ struct Gateway::Call {
   ClientInfo client;
   size_t worker = 0;
   Respond respond;
+  Stream stream;
   Route route;
   std::string request_id;
   std::string traceparent;
@@ -127,7 +130,8 @@ bool Gateway::Ready(std::string& why) const {
   return true;
 }
 
-void Gateway::Handle(Request request, const ClientInfo& client, size_t worker, Respond respond) {
+void Gateway::Handle(Request request, const ClientInfo& client, size_t worker, Respond respond,
+                     Stream stream) {
   auto call = std::make_shared<Call>();
   call->start = Clock::now();
   in_flight_.Add(1);
@@ -137,6 +141,7 @@ void Gateway::Handle(Request request, const ClientInfo& client, size_t worker, R
   call->client = client;
   call->worker = worker;
   call->respond = std::move(respond);
+  call->stream = std::move(stream);
   call->route =
       ParseRoute(std::string_view(request.method_string().data(), request.method_string().size()),
                  std::string_view(request.target().data(), request.target().size()));
@@ -262,6 +267,10 @@ void Gateway::HandleCall(std::shared_ptr<Call> call) {
   headers.emplace_back(bus::kHeaderRequestId, c.request_id);
   headers.emplace_back(bus::kHeaderTraceparent, c.traceparent);
 
+  if (c.route.kind == RouteKind::kLogTail) {
+    return StartLogTail(std::move(call), caller, email, std::move(headers));
+  }
+
   std::string subject;
   std::string payload;
   if (IsPlatformService(c.route.service)) {
@@ -311,6 +320,66 @@ void Gateway::HandleCall(std::shared_ptr<Call> call) {
       subject, payload, headers, c.timeout,
       [this, call = std::move(call)](std::error_code ec, bus::Msg reply) {
         Finish(*call, FromReply(*call, ec, std::move(reply)));
+      });
+}
+
+void Gateway::StartLogTail(std::shared_ptr<Call> call, const rules::Caller& caller,
+                           const std::string& email, bus::Headers headers) {
+  Call& c = *call;
+  TailRequest tail;
+  try {
+    tail = ParseTailRequest(std::string_view(c.request.target().data(), c.request.target().size()));
+  } catch (const Error& e) {
+    return Finish(c, ErrorResponse(c, e.code(), e.detail()));
+  }
+  // Reading one service's logs is a rule of its own (logs.Read.<service>).
+  if (rules_.Evaluate(caller, "logs", loglines::ReadEndpoint(tail.filter.service())) ==
+      rules::Decision::kDeny) {
+    return Finish(c, ErrorResponse(c, 403,
+                                   tail.filter.service().empty()
+                                       ? fmt::format("{} may not read every service's logs; name "
+                                                     "a service",
+                                                     email)
+                                       : fmt::format("{} may not read the logs of {}", email,
+                                                     tail.filter.service())));
+  }
+  logs::v1::QueryRequest query;
+  *query.mutable_filter() = tail.filter;
+  query.set_limit(std::max(tail.backlog, 1));
+  query.set_want_watermark(true);
+  c.method = FindPlatformMethod("logs", "Query");
+  c.error_id = "logs.Tail";
+  buses_[c.worker].requester->Request(
+      PlatformSubject("logs", "Query"), query.SerializeAsString(), headers, c.timeout,
+      [this, call = std::move(call), tail = std::move(tail)](std::error_code ec,
+                                                             bus::Msg reply) mutable {
+        Call& c = *call;
+        logs::v1::QueryResponse history;
+        if (ec || reply.Header(bus::kHeaderServiceErrorCode) ||
+            !history.ParseFromArray(reply.data().data(), static_cast<int>(reply.data().size()))) {
+          return Finish(c, FromReply(c, ec, std::move(reply)));
+        }
+        if (tail.backlog == 0) history.clear_lines();
+        Response head{http::status::ok, 11};
+        head.set(http::field::content_type, "text/event-stream");
+        head.set(http::field::cache_control, "no-cache");
+        head.set("Muon-Request-Id", c.request_id);
+        head.set("traceparent", c.traceparent);
+        requests_.With({c.route.label, "200"}).Inc();
+        in_flight_.Add(-1);
+        auto out = c.stream(std::move(head));
+        auto& io = out->io();
+        auto log_tail =
+            std::make_shared<LogTail>(std::move(tail), *buses_[c.worker].connection, io, out);
+        // Start on the worker thread: the tail's timer lives there.
+        boost::asio::post(io, [log_tail, history = std::move(history), out] {
+          if (auto start_ec = log_tail->Start(history)) {
+            out->Send(fmt::format(
+                "event: error\ndata: {{\"detail\":\"cannot follow the log stream: {}\"}}\n\n",
+                start_ec.message()));
+            out->End();
+          }
+        });
       });
 }
 

@@ -38,7 +38,8 @@ class Gateway : public RequestHandler {
   Gateway(GatewayOptions options, std::vector<WorkerBus>& buses, token::Verifier& verifier,
           rules::RuleCache& rules, Catalog& catalog, metrics::Registry& metrics);
 
-  void Handle(Request request, const ClientInfo& client, size_t worker, Respond respond) override;
+  void Handle(Request request, const ClientInfo& client, size_t worker, Respond respond,
+              Stream stream) override;
   Response Refused(unsigned status, const std::string& detail) override;
 
   bool Ready(std::string& why) const;
@@ -46,6 +47,8 @@ class Gateway : public RequestHandler {
  private:
   struct Call;
   void HandleCall(std::shared_ptr<Call> call);
+  void StartLogTail(std::shared_ptr<Call> call, const rules::Caller& caller,
+                    const std::string& email, bus::Headers headers);
   void Finish(Call& call, Response response);
   Response ErrorResponse(const Call& call, int code, const std::string& detail) const;
   Response FromReply(Call& call, std::error_code ec, bus::Msg reply);

@@ -5,6 +5,7 @@
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/ssl.hpp>
+#include <deque>
 
 #include "muon/common/log.h"
 
@@ -15,6 +16,28 @@ namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 
 namespace {
+
+// The thread-safe face of a session that streams its response.
+class SessionStream : public ResponseStream {
+ public:
+  std::function<void(std::string)> send;
+  std::function<void()> end;
+  std::atomic<bool> closed{false};
+  std::atomic<size_t> backlog{0};
+  boost::asio::io_context* context = nullptr;
+
+  boost::asio::io_context& io() override { return *context; }
+  void Send(std::string piece) override {
+    if (closed) return;
+    backlog += piece.size();
+    send(std::move(piece));
+  }
+  void End() override {
+    if (!closed.exchange(true)) end();
+  }
+  bool Closed() const override { return closed.load(); }
+  size_t Backlog() const override { return backlog.load(); }
+};
 
 // One connection. Stream is beast::tcp_stream or beast::ssl_stream<beast::tcp_stream>.
 template <typename Stream>
@@ -31,6 +54,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     server_.connection_counter()++;
   }
   ~Session() {
+    if (auto handle = stream_handle_.lock()) handle->closed = true;
     if (counted_) server_.in_flight_counter()--;
     server_.connection_counter()--;
   }
@@ -82,13 +106,121 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     // Nothing may time out the socket while the handler works; the handler has its own timeout.
     beast::get_lowest_layer(stream_).expires_never();
     auto& io = server_.worker_context(worker_);
-    handler_.Handle(std::move(request), client_, worker_,
-                    [self = this->shared_from_this(), &io, version](Response response) {
-                      asio::dispatch(io, [self, version, response = std::move(response)]() mutable {
-                        response.version(version);
-                        self->Write(std::move(response));
+    handler_.Handle(
+        std::move(request), client_, worker_,
+        [self = this->shared_from_this(), &io, version](Response response) {
+          asio::dispatch(io, [self, version, response = std::move(response)]() mutable {
+            response.version(version);
+            self->Write(std::move(response));
+          });
+        },
+        [self = this->shared_from_this(), &io, version](Response head) {
+          return self->StartStream(io, version, std::move(head));
+        });
+  }
+
+  // ---- streamed responses ----
+
+  std::shared_ptr<ResponseStream> StartStream(asio::io_context& io, unsigned version,
+                                              Response head) {
+    auto stream = std::make_shared<SessionStream>();
+    stream->context = &io;
+    std::weak_ptr<Session> weak = this->shared_from_this();
+    stream->send = [weak, &io](std::string piece) {
+      asio::post(io, [weak, piece = std::move(piece)]() mutable {
+        if (auto self = weak.lock()) self->QueuePiece(std::move(piece), false);
+      });
+    };
+    stream->end = [weak, &io] {
+      asio::post(io, [weak] {
+        if (auto self = weak.lock()) self->QueuePiece({}, true);
+      });
+    };
+    stream_handle_ = stream;
+    asio::dispatch(io, [self = this->shared_from_this(), version, head = std::move(head)]() mutable {
+      self->WriteStreamHead(version, std::move(head));
+    });
+    return stream;
+  }
+
+  void WriteStreamHead(unsigned version, Response head) {
+    keep_alive_ = false;
+    // The request no longer counts as in flight: a tail may last for hours, and a drain must
+    // not wait for it (the workers stopping closes it).
+    if (counted_) {
+      counted_ = false;
+      server_.in_flight_counter()--;
+    }
+    stream_head_ = std::make_unique<http::response<http::empty_body>>(head.result(), version);
+    for (const auto& field : head) stream_head_->set(field.name_string(), field.value());
+    stream_head_->chunked(true);
+    stream_head_->keep_alive(false);
+    stream_serializer_ =
+        std::make_unique<http::response_serializer<http::empty_body>>(*stream_head_);
+    beast::get_lowest_layer(stream_).expires_never();
+    writing_ = true;
+    http::async_write_header(stream_, *stream_serializer_,
+                             [self = this->shared_from_this()](beast::error_code ec, size_t) {
+                               self->writing_ = false;
+                               if (ec) return self->StreamFailed();
+                               self->WatchForClose();
+                               self->WriteNextPiece();
+                             });
+  }
+
+  // The client sends nothing after a streamed request; a read completing means it went away.
+  void WatchForClose() {
+    stream_.async_read_some(asio::buffer(close_probe_),
+                            [self = this->shared_from_this()](beast::error_code ec, size_t) {
+                              if (ec) return self->StreamFailed();
+                              self->WatchForClose();  // stray bytes: ignore
+                            });
+  }
+
+  void QueuePiece(std::string piece, bool last) {
+    if (stream_done_) return;
+    if (last) {
+      stream_ending_ = true;
+    } else {
+      pieces_.push_back(std::move(piece));
+    }
+    if (!writing_ && stream_serializer_ && stream_serializer_->is_header_done()) WriteNextPiece();
+  }
+
+  void WriteNextPiece() {
+    if (writing_ || stream_done_) return;
+    if (pieces_.empty()) {
+      if (!stream_ending_) return;
+      stream_done_ = true;
+      writing_ = true;
+      asio::async_write(stream_, http::make_chunk_last(),
+                        [self = this->shared_from_this()](beast::error_code, size_t) {
+                          self->writing_ = false;
+                          self->Close();
+                        });
+      return;
+    }
+    current_piece_ = std::move(pieces_.front());
+    pieces_.pop_front();
+    writing_ = true;
+    asio::async_write(stream_, http::make_chunk(asio::buffer(current_piece_)),
+                      [self = this->shared_from_this()](beast::error_code ec, size_t) {
+                        self->writing_ = false;
+                        if (auto handle = self->stream_handle_.lock()) {
+                          handle->backlog -= self->current_piece_.size();
+                        }
+                        if (ec) return self->StreamFailed();
+                        self->WriteNextPiece();
                       });
-                    });
+  }
+
+  void StreamFailed() {
+    if (auto handle = stream_handle_.lock()) handle->closed = true;
+    if (stream_done_) return;
+    stream_done_ = true;
+    pieces_.clear();
+    beast::error_code ignored;
+    beast::get_lowest_layer(stream_).socket().close(ignored);
   }
 
   void Refuse(unsigned status, const std::string& detail) {
@@ -136,6 +268,16 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   std::unique_ptr<Response> response_;
   bool keep_alive_ = true;
   bool counted_ = false;  // this connection's current request is in the in-flight count
+  // Streamed response state (worker thread only).
+  std::weak_ptr<SessionStream> stream_handle_;
+  std::unique_ptr<http::response<http::empty_body>> stream_head_;
+  std::unique_ptr<http::response_serializer<http::empty_body>> stream_serializer_;
+  std::deque<std::string> pieces_;
+  std::string current_piece_;
+  std::array<char, 64> close_probe_{};
+  bool writing_ = false;
+  bool stream_ending_ = false;
+  bool stream_done_ = false;
 };
 
 }  // namespace

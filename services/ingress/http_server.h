@@ -28,14 +28,31 @@ struct ClientInfo {
   bool tls = false;
 };
 
+// A response written in pieces (server-sent events): chunked transfer encoding, the connection
+// closes when it ends. Every method may be called from any thread; pieces are written in order.
+class ResponseStream {
+ public:
+  virtual ~ResponseStream() = default;
+  virtual void Send(std::string piece) = 0;
+  virtual void End() = 0;
+  // True once the client went away (or End was called): the producer should stop.
+  virtual bool Closed() const = 0;
+  // Bytes queued but not yet written (a slow client makes this grow).
+  virtual size_t Backlog() const = 0;
+  // The connection's worker: timers of the producer belong there.
+  virtual boost::asio::io_context& io() = 0;
+};
+
 // Answers one request. Runs on the worker's io thread and must not block; `respond` may be
-// called later from any thread (it posts back to the connection's worker).
+// called later from any thread (it posts back to the connection's worker). Instead of `respond`,
+// a handler may call `stream` once with the response head to send the body in pieces.
 class RequestHandler {
  public:
   virtual ~RequestHandler() = default;
   using Respond = std::function<void(Response)>;
-  virtual void Handle(Request request, const ClientInfo& client, size_t worker,
-                      Respond respond) = 0;
+  using Stream = std::function<std::shared_ptr<ResponseStream>(Response head)>;
+  virtual void Handle(Request request, const ClientInfo& client, size_t worker, Respond respond,
+                      Stream stream) = 0;
   // Builds the reply for a request the server refused before routing (413, 400, ...).
   virtual Response Refused(unsigned status, const std::string& detail) = 0;
 };
