@@ -391,10 +391,10 @@ TEST_CASE("lines shipped to the stream are stored and answered with every filter
   }
   {  // since and until as durations
     // Lines 14..29 are between 100 and 76 minutes old (the test takes far less than a minute).
-    const auto response = check({}, "100m", "76m", base + 14 * 90s, base + 30 * 90s, 16);
+    check({}, "100m", "76m", base + 14 * 90s, base + 30 * 90s, 16);
+    // The pager and big lines (30 and 10 minutes old).
     const auto q_now = Clock::now();
     check({}, "45m", "", q_now - 45min, q_now + 5min, 31);
-    (void)response;
   }
   {  // every field of a line comes back
     v1::QueryRequest request;
@@ -798,7 +798,15 @@ TEST_CASE("muon-logs stores its own logs as platform lines, and its last words a
   const std::string started =
       "SELECT instance FROM logs.lines WHERE service = 'logs' AND source = 4 AND severity = 2 "
       "AND release <> '' AND message LIKE 'service started%'";
-  REQUIRE_WITH_OUTPUT(WaitUntil([&] { return !sql.Rows(started).empty(); }, 20s, 50ms), logs);
+  // Until muon-logs has migrated its schema, logs.lines does not exist.
+  auto found = [&](size_t n) {
+    try {
+      return sql.Rows(started).size() == n;
+    } catch (const pqxx::sql_error&) {
+      return false;
+    }
+  };
+  REQUIRE_WITH_OUTPUT(WaitUntil([&] { return found(1); }, 20s, 50ms), logs);
   const std::string first_instance = sql.Rows(started)[0][0].c_str();
   CHECK_FALSE(first_instance.empty());
 
@@ -806,7 +814,7 @@ TEST_CASE("muon-logs stores its own logs as platform lines, and its last words a
   // process.
   CHECK(logs.process.Stop(10s).Success());
   logs.Start();
-  REQUIRE_WITH_OUTPUT(WaitUntil([&] { return sql.Rows(started).size() == 2; }, 20s, 50ms), logs);
+  REQUIRE_WITH_OUTPUT(WaitUntil([&] { return found(2); }, 20s, 50ms), logs);
   CHECK(WaitUntil(
       [&] {
         return sql.Int(
