@@ -1,6 +1,9 @@
 // muon: the command line of the Muon platform. All logic lives in muon_cli_lib (cli/src); this
 // file only wires it to the process: arguments, streams, environment, cwd and the terminal.
 
+#include <unistd.h>
+
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <string>
@@ -24,6 +27,7 @@ int main(int argc, char** argv) {
       .env = muon::config::ProcessEnvironment(),
       .cwd = cwd,
       .prompter = &prompter,
+      .color = isatty(STDOUT_FILENO) == 1 && std::getenv("NO_COLOR") == nullptr,
   };
   return muon::cli::RunCli(args, ctx);
 }

@@ -18,6 +18,7 @@
 #include "muon/cli/output.h"
 #include "muon/cli/store.h"
 #include "muon/common/errors.h"
+#include "muon/common/log_lines.h"
 #include "muon/common/v1/common.pb.h"
 
 namespace muon::cli {
@@ -102,6 +103,19 @@ std::optional<auth::Claims> PeekClaims(const std::string& jwt) {
   auth::Claims claims;
   if (!FromJson(json, &claims, nullptr)) return std::nullopt;
   return claims;
+}
+
+// RFC 3986 unreserved characters stay, everything else is %XX.
+std::string PercentEncode(std::string_view text) {
+  std::string out;
+  for (unsigned char c : text) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += fmt::format("%{:02X}", c);
+    }
+  }
+  return out;
 }
 
 class App {
@@ -762,6 +776,94 @@ class App {
       if (response.body.back() != '\n') ctx_.out << "\n";
     }
     return kExitOk;
+  }
+
+  // ---- logs --------------------------------------------------------------------------------
+
+  int Do(const LogsCmd& cmd) {
+    const Endpoint ep = CurrentEndpoint();
+    const auto session = Session(ep, true);
+    logs::v1::Filter filter;
+    filter.set_service(cmd.service);
+    filter.set_instance(cmd.instance);
+    filter.set_release(cmd.release);
+    if (!cmd.source.empty()) filter.set_source(*loglines::ParseSourceName(cmd.source));
+    if (!cmd.severity.empty()) filter.set_min_severity(*loglines::ParseSeverityName(cmd.severity));
+    filter.set_grep(cmd.grep);
+    if (!cmd.build.empty()) {
+      filter.set_instance(cmd.build);
+      filter.set_source(logs::v1::SOURCE_BUILD);
+    }
+    if (cmd.follow) return FollowLogs(ep, session->access_token(), cmd, filter);
+
+    logs::v1::QueryRequest query;
+    *query.mutable_filter() = filter;
+    query.set_since(cmd.since);
+    query.set_until(cmd.until);
+    query.set_limit(cmd.lines);
+    const HttpResponse response =
+        Post(ep, "/v1/logs/Query", ToJson(query, false), session->access_token());
+    Expect2xx(response, ep);
+    const auto page = ParseReply<logs::v1::QueryResponse>(response, "logs.Query");
+    // Newest first from the service; printed oldest first, like a log file.
+    for (int i = page.lines_size() - 1; i >= 0; --i) PrintLogLine(page.lines(i));
+    if (page.lines_size() == 0 && !json_) {
+      ctx_.err << fmt::format("No log lines match (since {}{}).\n",
+                              cmd.since.empty() ? "24h ago" : cmd.since,
+                              cmd.until.empty() ? "" : ", until " + cmd.until);
+    }
+    return kExitOk;
+  }
+
+  void PrintLogLine(const logs::v1::LogLine& line) {
+    if (json_) {
+      ctx_.out << ToJson(line, false) << "\n";
+    } else {
+      ctx_.out << FormatLogLine(line, ctx_.color) << "\n";
+    }
+  }
+
+  int FollowLogs(const Endpoint& ep, const std::string& access_token, const LogsCmd& cmd,
+                 const logs::v1::Filter& filter) {
+    std::string target = "/v1/logs/tail?n=" + std::to_string(cmd.lines);
+    auto add = [&](const char* key, const std::string& value) {
+      if (!value.empty()) target += fmt::format("&{}={}", key, PercentEncode(value));
+    };
+    add("service", filter.service());
+    add("instance", filter.instance());
+    add("release", filter.release());
+    add("source", std::string(loglines::SourceName(filter.source())));
+    add("severity", std::string(loglines::SeverityName(filter.min_severity())));
+    add("grep", filter.grep());
+    HttpRequest request;
+    request.target = target;
+    request.headers = {{"Accept", "text/event-stream"},
+                       {"Authorization", "Bearer " + access_token}};
+    HttpClientOptions options = ClientOptions(ctx_.default_timeout);
+    std::string buffer;
+    std::optional<CliError> failure;
+    options.on_body_piece = [&](std::string_view piece) {
+      buffer.append(piece);
+      for (auto& [type, data] : TakeSseEvents(buffer)) {
+        if (type == "line") {
+          logs::v1::LogLine line;
+          if (FromJson(data, &line, nullptr)) PrintLogLine(line);
+        } else if (type == "error") {
+          common::v1::Error error;
+          std::string detail = data;
+          if (FromJson(data, &error, nullptr)) detail = error.detail();
+          failure.emplace(kExitUnavailable, "the tail ended: " + Sanitize(detail));
+          return false;
+        }
+      }
+      ctx_.out.flush();
+      return true;
+    };
+    const HttpResponse response = cli::Send(ep.url, request, options);
+    Expect2xx(response, ep);
+    if (failure) throw *failure;
+    throw CliError(kExitUnavailable, "the ingress ended the tail (restarting or draining); run "
+                                     "the command again");
   }
 
   int Do(const ServicesCmd&) {

@@ -1,6 +1,7 @@
 #include "muon/cli/commands.h"
 
 #include <fmt/format.h>
+#include <google/protobuf/util/time_util.h>
 
 #include <algorithm>
 #include <cctype>
@@ -9,6 +10,7 @@
 
 #include "muon/cli/exit_codes.h"
 #include "muon/common/config.h"
+#include "muon/common/log_lines.h"
 
 #ifndef MUON_CLI_VERSION
 #define MUON_CLI_VERSION "0.0.0"
@@ -94,6 +96,21 @@ const std::vector<CommandSpec>& Specs() {
        "The body is the JSON argument, stdin with '-', or {} when omitted; it must be valid JSON.\n"
        "The reply is pretty-printed; with --output json it is printed on one line."},
       {{"services"}, {}, {}, "list the running services, their versions, instances and endpoints"},
+      {{"logs"},
+       {{"SERVICE", false}},
+       {{"follow", "", false, "keep printing new lines as they arrive (-f)"},
+        {"instance", "I", false, "only this instance"},
+        {"release", "R", false, "only this release, e.g. v3"},
+        {"source", "app|system|build|platform", false, "only lines from this source"},
+        {"severity", "LEVEL", false, "this severity and above: debug, info, warn, error, fatal"},
+        {"since", "D|TIME", false, "from D ago (90s, 15m, 2h, 7d) or an RFC 3339 time (default 24h)"},
+        {"until", "D|TIME", false, "up to D ago or an RFC 3339 time (not with -f)"},
+        {"grep", "TEXT", false, "only lines containing TEXT (case-insensitive)"},
+        {"lines", "N", false, "how many of the latest lines to show first (-n, default 100)"},
+        {"build", "ID", false, "the output of build ID instead of a service's lines"}},
+       "show a service's log lines; -f follows them live",
+       "Each line: time source service/instance severity message.\n"
+       "With --output json every line is one JSON object (one per line of output)."},
       {{"accounts", "list"}, {}, {}, "list accounts (admin)"},
       {{"accounts", "disable"}, {{"EMAIL"}}, {}, "disable an account (admin)"},
       {{"accounts", "enable"}, {{"EMAIL"}}, {}, "enable a disabled account (admin)"},
@@ -243,6 +260,8 @@ bool TakeFlag(const std::vector<std::string>& args, size_t& i, const std::vector
   std::optional<std::string> inline_value;
   if (arg == "-o") {
     name = "output";
+  } else if (arg == "-f" || arg == "-n") {
+    name = arg == "-f" ? "follow" : "lines";
   } else if (arg.size() > 2 && arg.compare(0, 2, "--") == 0) {
     const auto eq = arg.find('=');
     name = arg.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
@@ -317,6 +336,78 @@ std::chrono::nanoseconds PositiveDuration(const std::string& flag, const std::st
   }
   if (d->count() <= 0) throw UsageError(fmt::format("--{} must be more than 0", flag), usage);
   return *d;
+}
+
+bool IsTimeArg(const std::string& text) {
+  if (config::ParseDuration(text)) return true;
+  google::protobuf::Timestamp ts;
+  return google::protobuf::util::TimeUtil::FromString(text, &ts);
+}
+
+LogsCmd BuildLogs(const Parsed& p, const std::string& service, const std::string& usage) {
+  LogsCmd cmd;
+  cmd.service = service;
+  cmd.follow = p.Has("follow");
+  cmd.build = p.Get("build");
+  if (cmd.service.empty() && cmd.build.empty()) {
+    throw UsageError("name a SERVICE (or --build ID)", usage);
+  }
+  auto token = [&](const std::string& what, const std::string& value) {
+    if (!value.empty() && !loglines::IsValidToken(value)) {
+      throw UsageError(
+          fmt::format("{}: '{}' is not a valid name (letters, digits, '_', '-')", what, value),
+          usage);
+    }
+  };
+  token("SERVICE", cmd.service);
+  token("--build", cmd.build);
+  cmd.instance = p.Get("instance");
+  token("--instance", cmd.instance);
+  cmd.release = p.Get("release");
+  if (!cmd.build.empty() && !cmd.instance.empty()) {
+    throw UsageError("--build and --instance cannot be combined", usage);
+  }
+  cmd.source = p.Get("source");
+  if (!cmd.source.empty() && !loglines::ParseSourceName(cmd.source)) {
+    throw UsageError(
+        fmt::format("--source: '{}' is not one of app, system, build, platform", cmd.source),
+        usage);
+  }
+  cmd.severity = p.Get("severity");
+  if (!cmd.severity.empty() && !loglines::ParseSeverityName(cmd.severity)) {
+    throw UsageError(fmt::format("--severity: '{}' is not one of debug, info, warn, error, fatal",
+                                 cmd.severity),
+                     usage);
+  }
+  for (const char* flag : {"since", "until"}) {
+    const std::string value = p.Get(flag);
+    if (!value.empty() && !IsTimeArg(value)) {
+      throw UsageError(fmt::format("--{}: '{}' is neither a duration (90s, 15m, 2h, 7d) nor an "
+                                   "RFC 3339 time (2026-11-30T10:00:00Z)",
+                                   flag, value),
+                       usage);
+    }
+  }
+  cmd.since = p.Get("since");
+  cmd.until = p.Get("until");
+  if (cmd.follow && !cmd.until.empty()) {
+    throw UsageError("--until cannot be combined with -f (following has no end)", usage);
+  }
+  cmd.grep = p.Get("grep");
+  if (p.Has("lines")) {
+    const std::string n = p.Get("lines");
+    int value = -1;
+    auto [ptr, ec] = std::from_chars(n.data(), n.data() + n.size(), value);
+    const int max = cmd.follow ? 1000 : 10000;
+    if (ec != std::errc() || ptr != n.data() + n.size() || value < (cmd.follow ? 0 : 1) ||
+        value > max) {
+      throw UsageError(fmt::format("-n: '{}' is not a number of lines from {} to {}", n,
+                                   cmd.follow ? 0 : 1, max),
+                       usage);
+    }
+    cmd.lines = value;
+  }
+  return cmd;
 }
 
 Command Build(const CommandSpec& spec, const Parsed& p, const std::string& usage) {
@@ -395,6 +486,7 @@ Command Build(const CommandSpec& spec, const Parsed& p, const std::string& usage
     return cmd;
   }
   if (path == "services") return ServicesCmd{};
+  if (path == "logs") return BuildLogs(p, pos(0), usage);
   if (path == "accounts list") return AccountsListCmd{};
   if (path == "accounts disable" || path == "accounts enable") {
     RequireEmail(pos(0), "EMAIL", usage);

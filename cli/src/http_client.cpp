@@ -65,6 +65,54 @@ bool IsTimeout(const boost::system::error_code& ec) {
   throw TransportError(Kind::kProtocol, fmt::format("{}: {}", stage, ec.message()));
 }
 
+// A response whose 2xx body goes to options.on_body_piece as it arrives.
+template <typename Stream>
+asio::awaitable<HttpResponse> ReadStreamed(Stream& stream, beast::tcp_stream& lowest,
+                                           beast::flat_buffer& buffer,
+                                           const HttpClientOptions& options,
+                                           Clock::time_point deadline) {
+  boost::system::error_code ec;
+  http::response_parser<http::buffer_body> parser;
+  parser.header_limit(256 * 1024);
+  parser.body_limit(boost::none);
+  lowest.expires_at(deadline);
+  co_await http::async_read_header(stream, buffer, parser,
+                                   asio::redirect_error(asio::use_awaitable, ec));
+  if (ec == http::error::end_of_stream || ec == asio::error::eof) {
+    throw TransportError(Kind::kProtocol, "the server closed the connection without a response");
+  }
+  if (ec) Fail(ec, "reading the response");
+  HttpResponse out;
+  const auto& head = parser.get();
+  out.status = static_cast<int>(head.result_int());
+  out.reason = std::string(head.reason());
+  for (const auto& field : head) {
+    out.headers[Lower(std::string(field.name_string()))] = std::string(field.value());
+  }
+  const bool deliver = out.status >= 200 && out.status < 300;
+  char chunk[16384];
+  while (!parser.is_done()) {
+    parser.get().body().data = chunk;
+    parser.get().body().size = sizeof chunk;
+    lowest.expires_after(deliver ? options.stream_idle_timeout : options.timeout);
+    // read_some returns with whatever arrived (read would wait for a full buffer or the end).
+    co_await http::async_read_some(stream, buffer, parser,
+                                   asio::redirect_error(asio::use_awaitable, ec));
+    if (ec == http::error::need_buffer) ec = {};
+    const size_t got = sizeof chunk - parser.get().body().size;
+    if (got > 0) {
+      if (deliver) {
+        if (!options.on_body_piece(std::string_view(chunk, got))) co_return out;
+      } else if (out.body.size() < options.max_body) {
+        out.body.append(chunk, got);
+      }
+    }
+    if (ec == http::error::end_of_stream || ec == asio::error::eof) break;
+    if (ec) Fail(ec, "reading the response");
+  }
+  co_return out;
+}
+
 template <typename Stream>
 asio::awaitable<HttpResponse> Exchange(Stream& stream, beast::tcp_stream& lowest, const Url& base,
                                        const HttpRequest& request, const HttpClientOptions& options,
@@ -91,6 +139,9 @@ asio::awaitable<HttpResponse> Exchange(Stream& stream, beast::tcp_stream& lowest
   if (ec) Fail(ec, "sending the request");
 
   beast::flat_buffer buffer;
+  if (options.on_body_piece) {
+    co_return co_await ReadStreamed(stream, lowest, buffer, options, deadline);
+  }
   http::response_parser<http::string_body> parser;
   parser.header_limit(256 * 1024);
   parser.body_limit(options.max_body);

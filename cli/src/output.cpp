@@ -12,6 +12,8 @@
 #include <ctime>
 #include <memory>
 
+#include "muon/common/log_lines.h"
+
 namespace muon::cli {
 namespace {
 
@@ -163,6 +165,69 @@ std::string ShellQuote(std::string_view text) {
     }
   }
   return out + "'";
+}
+
+std::string FormatLogLine(const logs::v1::LogLine& line, bool color) {
+  const int64_t seconds = line.time().seconds();
+  const std::time_t t = static_cast<std::time_t>(seconds);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
+  std::string severity(loglines::SeverityName(line.severity()));
+  if (severity.empty()) severity = "info";
+  std::string shown = fmt::format("{:<5}", severity);
+  if (color) {
+    const char* code = "";
+    switch (line.severity()) {
+      case logs::v1::SEVERITY_DEBUG: code = "\x1b[2m"; break;
+      case logs::v1::SEVERITY_WARN: code = "\x1b[33m"; break;
+      case logs::v1::SEVERITY_ERROR: code = "\x1b[31m"; break;
+      case logs::v1::SEVERITY_FATAL: code = "\x1b[1;31m"; break;
+      default: break;
+    }
+    if (*code != '\0') shown = fmt::format("{}{}\x1b[0m", code, shown);
+  }
+  std::string source(loglines::SourceName(line.source()));
+  if (source.empty()) source = "app";
+  return fmt::format("{}.{:03}Z {:<8} {}/{} {} {}{}", stamp, line.time().nanos() / 1000000, source,
+                     line.service(), line.instance(), shown, line.message(),
+                     line.truncated() ? " [truncated]" : "");
+}
+
+std::vector<std::pair<std::string, std::string>> TakeSseEvents(std::string& buffer) {
+  std::vector<std::pair<std::string, std::string>> events;
+  size_t start = 0;
+  while (true) {
+    const size_t end = buffer.find("\n\n", start);
+    if (end == std::string::npos) break;
+    std::string_view block(buffer.data() + start, end - start);
+    std::string type = "message";
+    std::string data;
+    bool any_field = false;
+    while (!block.empty()) {
+      const size_t nl = block.find('\n');
+      std::string_view field = block.substr(0, nl);
+      block = nl == std::string_view::npos ? std::string_view{} : block.substr(nl + 1);
+      if (field.empty() || field.front() == ':') continue;
+      const size_t colon = field.find(':');
+      std::string_view name = field.substr(0, colon);
+      std::string_view value =
+          colon == std::string_view::npos ? std::string_view{} : field.substr(colon + 1);
+      if (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+      any_field = true;
+      if (name == "event") {
+        type = std::string(value);
+      } else if (name == "data") {
+        if (!data.empty()) data += '\n';
+        data += value;
+      }
+    }
+    if (any_field) events.emplace_back(std::move(type), std::move(data));
+    start = end + 2;
+  }
+  buffer.erase(0, start);
+  return events;
 }
 
 }  // namespace muon::cli

@@ -29,6 +29,7 @@ struct AppContext {
   // 504 arrives first; without --timeout it is default_timeout.
   std::chrono::milliseconds timeout_slack{std::chrono::seconds(2)};
   std::chrono::milliseconds default_timeout{std::chrono::seconds(60)};
+  bool color = false;  // colour severities (stdout is a terminal and NO_COLOR is unset)
 };
 
 // Runs the command line `args` (without argv[0]); returns the exit code (exit_codes.h). Never

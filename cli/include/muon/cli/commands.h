@@ -70,6 +70,19 @@ struct CallCmd {
   std::optional<std::chrono::nanoseconds> timeout;  // --timeout → Muon-Timeout
 };
 struct ServicesCmd {};
+struct LogsCmd {
+  std::string service;  // empty only with --build
+  bool follow = false;  // -f
+  std::string instance;
+  std::string release;
+  std::string source;    // app|system|build|platform (validated)
+  std::string severity;  // minimum: debug|info|warn|error|fatal (validated)
+  std::string since;     // a duration back from now or an RFC 3339 time (validated)
+  std::string until;
+  std::string grep;
+  int lines = 100;    // -n
+  std::string build;  // --build ID: the build's output (source build, instance ID)
+};
 
 struct AccountsListCmd {};
 struct AccountsSetDisabledCmd {
@@ -97,7 +110,7 @@ struct RulesDeleteCmd {
 
 using Command =
     std::variant<HelpCmd, VersionCmd, EnvListCmd, EnvAddCmd, EnvUseCmd, EnvRemoveCmd, LoginCmd,
-                 LogoutCmd, WhoamiCmd, TokenCmd, SignupCmd, PasswdCmd, CallCmd, ServicesCmd,
+                 LogoutCmd, WhoamiCmd, TokenCmd, SignupCmd, PasswdCmd, CallCmd, ServicesCmd, LogsCmd,
                  AccountsListCmd, AccountsSetDisabledCmd, InvitesListCmd, InvitesCreateCmd,
                  RulesListCmd, RulesAddCmd, RulesDeleteCmd>;
 

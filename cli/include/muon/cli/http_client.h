@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -55,6 +56,11 @@ struct HttpClientOptions {
   std::chrono::milliseconds timeout{std::chrono::seconds(60)};
   size_t max_body = size_t{64} << 20;
   std::string user_agent = "muon-cli";
+  // Set for streamed responses (server-sent events): a 2xx body is handed over piece by piece
+  // as it arrives (return false to stop) instead of being collected; the timeout then covers
+  // the response head only, and each later read may wait up to stream_idle_timeout.
+  std::function<bool(std::string_view piece)> on_body_piece;
+  std::chrono::milliseconds stream_idle_timeout{std::chrono::seconds(60)};
 };
 
 class TransportError : public std::runtime_error {

@@ -8,6 +8,10 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
+
+#include "muon/logs/v1/logs.pb.h"
 #include <string_view>
 #include <vector>
 
@@ -19,6 +23,14 @@ std::string ToJson(const google::protobuf::Message& message, bool pretty = false
 // Parses proto3 JSON into `message`, ignoring unknown fields (servers may add some). On failure
 // returns false and sets *error.
 bool FromJson(std::string_view json, google::protobuf::Message* message, std::string* error);
+
+// One log line as `muon logs` prints it: "time source service/instance severity message", time
+// in UTC with milliseconds; with `color` the severity is coloured (ANSI).
+std::string FormatLogLine(const logs::v1::LogLine& line, bool color);
+
+// Splits server-sent events out of a growing buffer: every complete event (ended by a blank
+// line) is removed from `buffer` and returned as (event type, data); comments are skipped.
+std::vector<std::pair<std::string, std::string>> TakeSseEvents(std::string& buffer);
 
 // nullopt when `text` is one valid JSON value (object, array, string, number, true/false/null);
 // else the parser's reason.
