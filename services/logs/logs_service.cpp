@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <google/protobuf/util/time_util.h>
 
+#include <algorithm>
+
 #include "muon/common/errors.h"
 #include "muon/common/log.h"
 #include "muon/common/log_lines.h"
@@ -83,9 +85,13 @@ std::optional<Clock::time_point> ParseTimeArg(std::string_view text, Clock::time
     return now - std::chrono::duration_cast<Clock::duration>(*d);
   }
   google::protobuf::Timestamp ts;
+  // The clock counts nanoseconds in 64 bits: about 292 years either side of 1970.
+  constexpr int64_t kClockRangeSeconds = int64_t(9'000'000'000);
   if (google::protobuf::util::TimeUtil::FromString(std::string(text), &ts)) {
+    // Times beyond what the clock holds are clamped: "until the year 3000" means "no end".
+    const int64_t seconds = std::clamp(ts.seconds(), -kClockRangeSeconds, kClockRangeSeconds);
     return Clock::time_point(std::chrono::duration_cast<Clock::duration>(
-        std::chrono::seconds(ts.seconds()) + std::chrono::nanoseconds(ts.nanos())));
+        std::chrono::seconds(seconds) + std::chrono::nanoseconds(ts.nanos())));
   }
   return std::nullopt;
 }
@@ -219,15 +225,17 @@ void LogsApp::Stop() {
 
 void LogsApp::MaintainPartitions() {
   const auto now = Clock::now();
-  const int created = store_->EnsurePartitions(now, options_.partition_days_ahead);
+  // Every day a line may still be stored for has a partition: from the first day the retention
+  // keeps to days_ahead after today. Older lines would be dropped with their day anyway; lines
+  // further ahead (a clock far off) are stored on the last day (see Decode).
+  const auto first = StartOfDayUtc(now - options_.retention) + std::chrono::hours(24);
+  const auto end = StartOfDayUtc(now) + std::chrono::hours(24) * (options_.partition_days_ahead + 1);
+  const int days = static_cast<int>(std::chrono::duration_cast<std::chrono::hours>(end - first).count() / 24);
+  const int created = store_->EnsurePartitions(first, days);
   const int dropped = store_->DropExpired(now, options_.retention);
   if (created > 0 || dropped > 0) {
     log::Info("log partitions maintained", {{"created", created}, {"dropped", dropped}});
   }
-  // Lines older than the retention would be dropped with their day soon anyway; lines further
-  // ahead than the partitions (a clock far off) are stored at the time they arrive.
-  const auto first = StartOfDayUtc(now - options_.retention) + std::chrono::hours(24);
-  const auto end = StartOfDayUtc(now) + std::chrono::hours(24) * (options_.partition_days_ahead + 1);
   partitions_first_us_ = Micros(first);
   partitions_end_us_ = Micros(end);
 }
@@ -271,20 +279,42 @@ std::vector<StoredLine> LogsApp::Decode(std::vector<bus::Msg>& messages) {
       continue;
     }
     if (us >= end_us) {
-      us = Micros(Clock::now());
+      // A clock far ahead: the line goes to the last day there is. A fixed point (not "now")
+      // keeps a redelivery identical, so the de-duplication still recognises it.
+      us = end_us - 1;
       line.mutable_time()->set_seconds(us / 1000000);
       line.mutable_time()->set_nanos(static_cast<int32_t>(us % 1000000) * 1000);
     }
-    std::string capped = line.message();
-    if (loglines::CapMessage(capped, loglines::kDefaultMaxMessageBytes)) {
-      line.set_message(std::move(capped));
-      line.set_truncated(true);
-    }
+    std::string message = line.message();
+    loglines::SanitizeText(message);
+    if (loglines::CapMessage(message, loglines::kDefaultMaxMessageBytes)) line.set_truncated(true);
+    line.set_message(std::move(message));
     line.set_stream_seq(delivery->stream_sequence);
     stored.redelivered = delivery->delivered > 1;
     out.push_back(std::move(stored));
   }
   return out;
+}
+
+bool LogsApp::StoreOneByOne(const std::vector<StoredLine>& batch) {
+  for (const auto& stored : batch) {
+    try {
+      store_->Insert({stored});
+    } catch (const std::exception& e) {
+      const auto code = db::Classify(e);
+      if (code == db::DbErrc::kUnavailable || code == db::DbErrc::kPoolTimeout ||
+          code == db::DbErrc::kInDoubt) {
+        return false;
+      }
+      stats_.rejected++;
+      log::Error("dropped a log line the database refuses",
+                 {{"service", stored.line.service()},
+                  {"instance", stored.line.instance()},
+                  {"seq", stored.line.seq()},
+                  {"error", e.what()}});
+    }
+  }
+  return true;
 }
 
 void LogsApp::IngestLoop(int worker) {
@@ -328,11 +358,23 @@ void LogsApp::IngestLoop(int worker) {
       store_->Insert(batch);
     } catch (const std::exception& e) {
       stats_.failures++;
-      log::Error("storing log lines failed; they will be redelivered",
-                 {{"lines", batch.size()}, {"error", e.what()}});
-      for (const auto& m : messages) m.Nak();
-      pause(std::chrono::seconds(1));
-      continue;
+      if (db::Classify(e) == db::DbErrc::kUnavailable || db::Classify(e) == db::DbErrc::kPoolTimeout ||
+          db::Classify(e) == db::DbErrc::kInDoubt) {
+        log::Error("storing log lines failed; they will be redelivered",
+                   {{"lines", batch.size()}, {"error", e.what()}});
+        for (const auto& m : messages) m.Nak();
+        pause(std::chrono::seconds(1));
+        continue;
+      }
+      // The database refused something in the batch itself: store line by line so one bad
+      // line cannot hold back the others forever; the ones refused alone are dropped, loudly.
+      log::Warn("a batch of log lines was refused; storing it line by line",
+                {{"lines", batch.size()}, {"error", e.what()}});
+      if (!StoreOneByOne(batch)) {
+        for (const auto& m : messages) m.Nak();
+        pause(std::chrono::seconds(1));
+        continue;
+      }
     }
     if (auto ack_ec = bus::PullConsumer::AckAll(messages)) {
       log::Warn("acknowledging stored log lines failed; they will be redelivered and skipped",

@@ -77,6 +77,8 @@ class LogsApp {
   void IngestLoop(int worker);
   void MaintenanceLoop();
   std::vector<StoredLine> Decode(std::vector<bus::Msg>& messages);
+  // False when the database became unreachable midway (the batch is to be redelivered).
+  bool StoreOneByOne(const std::vector<StoredLine>& batch);
 
   LogsOptions options_;
   bus::Connection& bus_;

@@ -205,11 +205,11 @@ HistoryPage PgStore::Query(const HistoryQuery& q) {
   });
 }
 
-int PgStore::EnsurePartitions(Clock::time_point now, int days_ahead) {
+int PgStore::EnsurePartitions(Clock::time_point first, int days) {
   return pool_.Run([&](pqxx::connection& c) {
     pqxx::work tx(c);
     const auto r = tx.exec_params1("SELECT logs.ensure_partitions($1::date, $2)",
-                                   FormatDate(now - std::chrono::hours(24)), days_ahead + 2);
+                                   FormatDate(first), days);
     tx.commit();
     return r[0].as<int>();
   });

@@ -49,8 +49,9 @@ class Store {
   // checked by (service, ts, instance, seq) and skipped; returns how many were written.
   virtual size_t Insert(const std::vector<StoredLine>& batch) = 0;
   virtual HistoryPage Query(const HistoryQuery& query) = 0;
-  // Creates the partitions for [today - 1, today + days_ahead] (UTC); returns how many were new.
-  virtual int EnsurePartitions(std::chrono::system_clock::time_point now, int days_ahead) = 0;
+  // Creates the daily partitions (UTC) for `days` days from the day of `first`; returns how many
+  // were new.
+  virtual int EnsurePartitions(std::chrono::system_clock::time_point first, int days) = 0;
   // Drops partitions whose whole day is older than now - retention; returns how many.
   virtual int DropExpired(std::chrono::system_clock::time_point now,
                           std::chrono::hours retention) = 0;
@@ -64,7 +65,7 @@ class PgStore : public Store {
 
   size_t Insert(const std::vector<StoredLine>& batch) override;
   HistoryPage Query(const HistoryQuery& query) override;
-  int EnsurePartitions(std::chrono::system_clock::time_point now, int days_ahead) override;
+  int EnsurePartitions(std::chrono::system_clock::time_point first, int days) override;
   int DropExpired(std::chrono::system_clock::time_point now,
                   std::chrono::hours retention) override;
 

@@ -195,6 +195,66 @@ Severity DetectSeverity(std::string_view message, bool from_stderr) {
   return fallback;
 }
 
+void SanitizeText(std::string& text) {
+  // Fast path: plain ASCII without NUL needs no copy.
+  bool clean = true;
+  for (unsigned char c : text) {
+    if (c == 0 || c >= 0x80) {
+      clean = false;
+      break;
+    }
+  }
+  if (clean) return;
+  static constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
+  std::string out;
+  out.reserve(text.size());
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  size_t i = 0;
+  while (i < n) {
+    const unsigned char c = p[i];
+    if (c == 0) {
+      ++i;
+      continue;
+    }
+    if (c < 0x80) {
+      out += static_cast<char>(c);
+      ++i;
+      continue;
+    }
+    size_t len = 0;
+    uint32_t min = 0;
+    if ((c & 0xE0) == 0xC0) {
+      len = 2;
+      min = 0x80;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3;
+      min = 0x800;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4;
+      min = 0x10000;
+    }
+    bool valid = len > 0 && i + len <= n;
+    uint32_t cp = len > 0 ? (c & (0x7F >> len)) : 0;
+    for (size_t k = 1; valid && k < len; ++k) {
+      if ((p[i + k] & 0xC0) != 0x80) {
+        valid = false;
+      } else {
+        cp = (cp << 6) | (p[i + k] & 0x3F);
+      }
+    }
+    if (valid && (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))) valid = false;
+    if (valid) {
+      out.append(text, i, len);
+      i += len;
+    } else {
+      out += kReplacement;
+      ++i;
+    }
+  }
+  text = std::move(out);
+}
+
 bool CapMessage(std::string& message, size_t cap) {
   if (message.size() <= cap) return false;
   size_t cut = cap;
@@ -279,6 +339,8 @@ void Shipper::Emit(Severity severity, std::string message, std::string trace_id,
   line.set_region(options_.region);
   line.set_source(options_.source);
   line.set_severity(severity);
+  SanitizeText(message);
+  SanitizeText(trace_id);
   line.set_truncated(CapMessage(message, options_.max_message_bytes));
   line.set_message(std::move(message));
   line.set_trace_id(std::move(trace_id));

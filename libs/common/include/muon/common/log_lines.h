@@ -52,6 +52,10 @@ std::optional<logs::v1::Source> ParseSourceName(std::string_view name);
 // info for stdout and error for stderr.
 logs::v1::Severity DetectSeverity(std::string_view message, bool from_stderr);
 
+// Makes `text` storable: invalid UTF-8 sequences become U+FFFD and NUL bytes are removed
+// (PostgreSQL text cannot hold them, and Protobuf refuses strings that are not UTF-8).
+void SanitizeText(std::string& text);
+
 // Cuts `message` to at most `cap` bytes on a UTF-8 character boundary; true when it cut.
 bool CapMessage(std::string& message, size_t cap);
 
