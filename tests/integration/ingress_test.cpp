@@ -155,11 +155,19 @@ struct Region {
     return Field(Json(signup.body), "accessToken");
   }
 
-  // Polls until echo is callable through this ingress (discovery and subscriptions settle).
+  // Polls until echo is callable through this ingress and listed in its catalog (which tells a
+  // missing service, 404, from one with no instance of the asked version, 503; it refreshes
+  // every 2 s, so it can lag behind the first answer).
   void WaitForEcho(const std::string& token) {
     const bool answered = muon::testing::WaitUntil(
-        [&] { return Post("/v1/echo/Echo", R"({"message":"ping"})", token).status == 200; }, 15s,
-        50ms);
+        [&] {
+          if (Post("/v1/echo/Echo", R"({"message":"ping"})", token).status != 200) return false;
+          const auto services = HttpRequest("GET", url() + "/v1/services", "",
+                                            {{"Authorization", "Bearer " + token}});
+          return services.status == 200 &&
+                 services.body.find(R"("name":"echo")") != std::string::npos;
+        },
+        15s, 50ms);
     if (!answered) FAIL("echo not callable through the ingress:\n" << Logs());
   }
 };
