@@ -11,6 +11,7 @@
 #include "muon/cli/exit_codes.h"
 #include "muon/common/config.h"
 #include "muon/common/log_lines.h"
+#include "muon/common/service.h"
 
 #ifndef MUON_CLI_VERSION
 #define MUON_CLI_VERSION "0.0.0"
@@ -90,7 +91,8 @@ const std::vector<CommandSpec>& Specs() {
        "change your password"},
       {{"call"},
        {{"SERVICE"}, {"METHOD"}, {"JSON|-", false}},
-       {{"version", "V", false, "call this release or preview version (header Muon-Version)"},
+       {{"version", "V", false,
+         "call this release or preview version, e.g. v3 (header Muon-Version)"},
         {"timeout", "D", false, "give up after D, e.g. 500ms, 5s (header Muon-Timeout)"}},
        "call a method of a service through the ingress",
        "The body is the JSON argument, stdin with '-', or {} when omitted; it must be valid JSON.\n"
@@ -478,8 +480,13 @@ Command Build(const CommandSpec& spec, const Parsed& p, const std::string& usage
     }
     if (p.Has("version")) {
       cmd.version = p.Get("version");
-      if (!IsValidEnvName(cmd.version)) {
-        throw UsageError(fmt::format("--version: '{}' is not a version name", cmd.version), usage);
+      // The ingress's own rule for Muon-Version (one NATS subject token), so a label it would
+      // refuse with 400 never leaves the machine.
+      if (!muon::IsValidReleaseLabel(cmd.version)) {
+        throw UsageError(fmt::format("--version: '{}' is not a release label (letters, digits, "
+                                     "'_' and '-', at most 64; e.g. v3 or a branch slug)",
+                                     cmd.version),
+                         usage);
       }
     }
     if (p.Has("timeout")) cmd.timeout = PositiveDuration("timeout", p.Get("timeout"), usage);

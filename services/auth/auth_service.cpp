@@ -1,13 +1,16 @@
 #include "auth_service.h"
 
+#include <arpa/inet.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <sodium.h>
 
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
 
 #include "muon/common/authz.h"
+#include "muon/common/bus.h"
 #include "muon/common/errors.h"
 #include "muon/common/log.h"
 
@@ -133,6 +136,25 @@ std::string TooManyFailures(std::chrono::seconds retry_after) {
   return fmt::format("too many failed logins; try again in {} s", retry_after.count());
 }
 
+// Counts this attempt for (email, the caller's address) before any hashing: a locked pair costs
+// a row lock, not Argon2. 429 when the pair is locked or the email's ceiling refuses the client.
+// Returns the client's key, for LoginSucceeded.
+std::string Throttle(Store& store, const std::string& email, const RequestContext& ctx,
+                     const ThrottlePolicy& policy) {
+  const std::string client = ThrottleClientKey(ctx.Header(bus::kHeaderClientAddress));
+  const ThrottleDecision gate = store.BeginLogin(email, client, policy);
+  if (gate.account_ceiling_reached) {
+    log::Warn(
+        "failed logins of one email reached the ceiling over all addresses; addresses that have "
+        "not logged in to it are refused until the window ends",
+        {{"email", email},
+         {"failures", policy.account_max_failures},
+         {"window_s", policy.account_window.count()}});
+  }
+  if (gate.locked) throw Error::TooManyRequests(TooManyFailures(gate.retry_after));
+  return client;
+}
+
 void ThrowInviteError(InviteStatus status) {
   switch (status) {
     case InviteStatus::kOk:
@@ -183,6 +205,31 @@ std::string NormalizeEmail(std::string_view email) {
     return "";
   }
   return out;
+}
+
+std::string ThrottleClientKey(std::optional<std::string_view> address) {
+  constexpr std::string_view kBus = "bus";
+  if (!address || address->empty() || address->size() >= INET6_ADDRSTRLEN) {
+    return std::string(kBus);
+  }
+  const std::string text(*address);  // inet_pton wants a terminated string
+  char out[INET6_ADDRSTRLEN] = {};
+  in_addr v4{};
+  if (inet_pton(AF_INET, text.c_str(), &v4) == 1) {
+    inet_ntop(AF_INET, &v4, out, sizeof(out));
+    return fmt::format("ip:{}", out);
+  }
+  in6_addr v6{};
+  if (inet_pton(AF_INET6, text.c_str(), &v6) != 1) return std::string(kBus);
+  if (IN6_IS_ADDR_V4MAPPED(&v6)) {
+    std::memcpy(&v4, &v6.s6_addr[12], sizeof(v4));
+    inet_ntop(AF_INET, &v4, out, sizeof(out));
+    return fmt::format("ip:{}", out);
+  }
+  // One host commonly holds a whole /64: counting single addresses would give it 2^64 budgets.
+  std::memset(&v6.s6_addr[8], 0, 8);
+  inet_ntop(AF_INET6, &v6, out, sizeof(out));
+  return fmt::format("ip6:{}/64", out);
 }
 
 AuthService::AuthService(Store& store, KeyManager& keys, AuthSettings settings)
@@ -243,7 +290,7 @@ void AuthService::Bootstrap() {
     store_.Audit("system", "rules.seeded", "", fmt::format("{}", rules::DefaultRules().size()));
     log::Info("seeded the default access rules");
   }
-  store_.Cleanup();
+  store_.Cleanup(settings_.throttle);
   last_cleanup_s_ = NowSeconds();
   if (!verifier_.Refresh()) throw std::runtime_error("cannot load the signing keys");
   if (!rules_.Refresh()) throw std::runtime_error("cannot load the access rules");
@@ -312,13 +359,13 @@ void AuthService::MaybeCleanup() {
   }
   if (!last_cleanup_s_.compare_exchange_strong(last, now)) return;  // another thread does it
   try {
-    store_.Cleanup();
+    store_.Cleanup(settings_.throttle);
   } catch (const std::exception& e) {
     log::Warn("clean-up of expired auth state failed", {{"error", e.what()}});
   }
 }
 
-v1::TokenResponse AuthService::Login(const v1::LoginRequest& request, RequestContext&) {
+v1::TokenResponse AuthService::Login(const v1::LoginRequest& request, RequestContext& ctx) {
   if (request.email().empty() || request.password().empty()) {
     throw Error::BadRequest("email and password are required");
   }
@@ -328,9 +375,7 @@ v1::TokenResponse AuthService::Login(const v1::LoginRequest& request, RequestCon
     throw Error::Unauthorized(std::string(kWrongLogin));
   }
   MaybeCleanup();
-  // Throttled per email before any hashing: a locked account costs one row lock, not Argon2.
-  const ThrottleDecision gate = store_.BeginLogin(email, settings_.throttle);
-  if (gate.locked) throw Error::TooManyRequests(TooManyFailures(gate.retry_after));
+  const std::string client = Throttle(store_, email, ctx, settings_.throttle);
 
   const auto account = store_.FindAccountByEmail(email);
   bool ok = false;
@@ -343,7 +388,7 @@ v1::TokenResponse AuthService::Login(const v1::LoginRequest& request, RequestCon
   // A disabled account gets the same answer as a wrong password: nothing about it leaks.
   if (!ok || account->disabled) throw Error::Unauthorized(std::string(kWrongLogin));
 
-  store_.LoginSucceeded(email);
+  store_.LoginSucceeded(email, client);
   if (NeedsRehash(account->password_hash, settings_.password_params)) {
     store_.SetPasswordHash(account->id,
                            HashPassword(request.password(), settings_.password_params));
@@ -446,12 +491,11 @@ v1::ChangePasswordResponse AuthService::ChangePassword(const v1::ChangePasswordR
     throw Error::Unauthorized("current password is wrong");
   }
   // A stolen access token must not become an unthrottled password oracle.
-  const ThrottleDecision gate = store_.BeginLogin(account->email, settings_.throttle);
-  if (gate.locked) throw Error::TooManyRequests(TooManyFailures(gate.retry_after));
+  const std::string client = Throttle(store_, account->email, ctx, settings_.throttle);
   if (!VerifyPassword(account->password_hash, request.current_password())) {
     throw Error::Unauthorized("current password is wrong");
   }
-  store_.LoginSucceeded(account->email);
+  store_.LoginSucceeded(account->email, client);
   store_.SetPasswordHash(account->id,
                          HashPassword(request.new_password(), settings_.password_params));
   // Other sessions (refresh tokens) end; access tokens run out within their short lifetime.
@@ -675,10 +719,17 @@ void AddOptions(config::Spec& spec) {
       .Duration("refresh-token-ttl", "MUON_REFRESH_TOKEN_TTL", "720h",
                 "a refresh token unused this long expires")
       .Int("login-max-failures", "MUON_LOGIN_MAX_FAILURES", 5, 1, 100,
-           "failed logins of one email before it is locked for a while")
+           "failed logins of one email from one client address before that address is locked "
+           "out of the email for a while (other addresses are not)")
       .Duration("login-lockout", "MUON_LOGIN_LOCKOUT", "30s",
                 "first lockout window; it doubles with each further lockout")
       .Duration("login-lockout-max", "MUON_LOGIN_LOCKOUT_MAX", "15m", "longest lockout window")
+      .Int("login-account-max-failures", "MUON_LOGIN_ACCOUNT_MAX_FAILURES", 100, 0, 1000000,
+           "failed logins of one email from all addresses per --login-account-window; beyond "
+           "it, addresses that have not logged in to the email are refused until the window "
+           "ends (0 = no ceiling)")
+      .Duration("login-account-window", "MUON_LOGIN_ACCOUNT_WINDOW", "5m",
+                "window of --login-account-max-failures (at most 1h)")
       .Int("db-connections", "MUON_DB_CONNECTIONS", 8, 1, 256,
            "PostgreSQL connections this process keeps at most");
 }
@@ -710,6 +761,12 @@ AppOptions AppOptionsFromConfig(const config::Values& values) {
   if (s.throttle.lockout.count() < 1 || s.throttle.max_lockout < s.throttle.lockout) {
     problems.push_back(
         "--login-lockout / --login-lockout-max: need 1s <= login-lockout <= login-lockout-max");
+  }
+  s.throttle.account_max_failures = static_cast<int>(values.Int("login-account-max-failures"));
+  s.throttle.account_window = Seconds(values.Duration("login-account-window"));
+  if (s.throttle.account_window.count() < 1 || s.throttle.account_window > std::chrono::hours(1)) {
+    problems.push_back(
+        "--login-account-window (env MUON_LOGIN_ACCOUNT_WINDOW): must be between 1s and 1h");
   }
 
   const std::string& admin_email = values.String("admin-email");

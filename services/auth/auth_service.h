@@ -9,7 +9,9 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "keys.h"
@@ -130,5 +132,11 @@ ServiceOptions DefaultServiceOptions();
 
 // Normalised email (trimmed, lower-case), or "" when it does not look like one.
 std::string NormalizeEmail(std::string_view email);
+
+// The login throttle's key for the caller, from the Muon-Client-Address header the ingress sets
+// (bus::kHeaderClientAddress): "ip:<IPv4>" (an IPv4-mapped IPv6 address too), "ip6:<prefix>/64"
+// for IPv6 (one host commonly holds a whole /64), and "bus" when the header is missing or not an
+// IP address (callers on the bus that did not come through an ingress share that key).
+std::string ThrottleClientKey(std::optional<std::string_view> address);
 
 }  // namespace muon::auth

@@ -63,22 +63,43 @@ const std::vector<std::pair<std::string, std::string>>& Statements() {
       {"invite_use",
        "UPDATE auth.invites SET used_at = now(), used_by = $2::uuid WHERE id = $1::uuid"},
 
-      // ON CONFLICT DO UPDATE takes the row lock, so concurrent attempts for one email queue up
-      // here until this transaction decides.
+      // Login throttle per (email, client). ON CONFLICT DO UPDATE takes the row lock, so
+      // concurrent attempts for one pair queue up here until this transaction decides.
       {"throttle_lock",
-       "INSERT INTO auth.login_throttle (email) VALUES ($1) "
-       "ON CONFLICT (email) DO UPDATE SET email = EXCLUDED.email "
+       "INSERT INTO auth.login_throttle_clients (email, client) VALUES ($1, $2) "
+       "ON CONFLICT (email, client) DO UPDATE SET email = EXCLUDED.email "
        "RETURNING failures, lockouts, "
        "coalesce(extract(epoch FROM locked_until - now()), 0)::float8, "
-       "extract(epoch FROM now() - updated_at)::float8"},
+       "extract(epoch FROM now() - updated_at)::float8, "
+       "coalesce(succeeded_at > now() - $3::bigint * interval '1 second', false)"},
       {"throttle_count",
-       "UPDATE auth.login_throttle SET failures = $2, lockouts = $3, updated_at = now() "
-       "WHERE email = $1"},
+       "UPDATE auth.login_throttle_clients SET failures = $3, lockouts = $4, updated_at = now() "
+       "WHERE email = $1 AND client = $2"},
       {"throttle_lockout",
-       "UPDATE auth.login_throttle SET failures = 0, lockouts = $2, "
-       "locked_until = now() + $3::bigint * interval '1 second', updated_at = now() "
+       "UPDATE auth.login_throttle_clients SET failures = 0, lockouts = $3, "
+       "locked_until = now() + $4::bigint * interval '1 second', updated_at = now() "
+       "WHERE email = $1 AND client = $2"},
+      {"throttle_success",
+       "INSERT INTO auth.login_throttle_clients (email, client, succeeded_at) "
+       "VALUES ($1, $2, now()) ON CONFLICT (email, client) DO UPDATE SET failures = 0, "
+       "lockouts = 0, locked_until = NULL, succeeded_at = now(), updated_at = now()"},
+      // The email's ceiling over all clients: a fixed window that starts again once it is over
+      // (every SET expression sees the row as it was, so both CASEs agree). Locked after the
+      // client's row, always in that order.
+      {"throttle_account_lock",
+       "INSERT INTO auth.login_throttle_accounts AS a (email) VALUES ($1) "
+       "ON CONFLICT (email) DO UPDATE SET "
+       "window_start = CASE WHEN a.window_start <= now() - $2::bigint * interval '1 second' "
+       "THEN now() ELSE a.window_start END, "
+       "failures = CASE WHEN a.window_start <= now() - $2::bigint * interval '1 second' "
+       "THEN 0 ELSE a.failures END "
+       "RETURNING failures, "
+       "extract(epoch FROM window_start + $2::bigint * interval '1 second' - now())::float8"},
+      {"throttle_account_count",
+       "UPDATE auth.login_throttle_accounts SET failures = failures + 1 WHERE email = $1"},
+      {"throttle_account_success",
+       "UPDATE auth.login_throttle_accounts SET failures = greatest(failures - 1, 0) "
        "WHERE email = $1"},
-      {"throttle_clear", "DELETE FROM auth.login_throttle WHERE email = $1"},
 
       {"family_insert",
        "INSERT INTO auth.refresh_families (account_id, region) VALUES ($1::uuid, $2) "
@@ -139,7 +160,14 @@ const std::vector<std::pair<std::string, std::string>>& Statements() {
       {"cleanup_families",
        "DELETE FROM auth.refresh_families f WHERE created_at < now() - interval '1 day' AND "
        "NOT EXISTS (SELECT 1 FROM auth.refresh_tokens t WHERE t.family_id = f.id)"},
-      {"cleanup_throttle",
+      {"cleanup_throttle_clients",
+       "DELETE FROM auth.login_throttle_clients WHERE updated_at < now() - interval '1 day' AND "
+       "(locked_until IS NULL OR locked_until < now()) AND "
+       "(succeeded_at IS NULL OR succeeded_at < now() - $1::bigint * interval '1 second')"},
+      {"cleanup_throttle_accounts",
+       "DELETE FROM auth.login_throttle_accounts WHERE window_start < now() - interval '1 day'"},
+      // The per-email table of 0001, written only by replicas of the previous version.
+      {"cleanup_throttle_legacy",
        "DELETE FROM auth.login_throttle WHERE updated_at < now() - interval '1 day' AND "
        "(locked_until IS NULL OR locked_until < now())"},
   };
@@ -148,6 +176,11 @@ const std::vector<std::pair<std::string, std::string>>& Statements() {
 
 std::string S(std::string_view v) {
   return std::string(v);
+}
+
+// Whole seconds left, rounded up (a client told "0 s" would retry at once and be refused again).
+std::chrono::seconds CeilSeconds(double seconds) {
+  return std::chrono::seconds(std::max<int64_t>(1, static_cast<int64_t>(std::ceil(seconds))));
 }
 
 std::vector<std::string> SplitRoles(const std::string& joined) {
@@ -352,44 +385,60 @@ InviteStatus PgStore::Signup(std::string_view code_hash, const NewAccount& field
   });
 }
 
-ThrottleDecision PgStore::BeginLogin(std::string_view email, const ThrottlePolicy& policy) {
+ThrottleDecision PgStore::BeginLogin(std::string_view email, std::string_view client,
+                                     const ThrottlePolicy& policy) {
   return pool_.Run([&](pqxx::connection& c) {
     pqxx::work tx(c);
-    const auto row = tx.exec_prepared1("throttle_lock", S(email));
+    const auto row = tx.exec_prepared1("throttle_lock", S(email), S(client),
+                                       static_cast<int64_t>(policy.known_client_memory.count()));
     int failures = row[0].as<int>();
     int lockouts = row[1].as<int>();
     const double lock_left = row[2].as<double>();
     const double idle = row[3].as<double>();
+    const bool known = row[4].as<bool>();
     if (lock_left > 0) {
       // Nothing is written: attempts during a lockout neither extend it nor count.
-      return ThrottleDecision{
-          .locked = true,
-          .retry_after = std::chrono::seconds(static_cast<int64_t>(std::ceil(lock_left)))};
+      return ThrottleDecision{.locked = true, .retry_after = CeilSeconds(lock_left)};
     }
     if (idle > static_cast<double>(policy.failure_memory.count())) failures = 0;
     if (idle > static_cast<double>(policy.lockout_memory.count())) lockouts = 0;
     if (failures >= policy.max_failures) {
       // The lockout window doubles with every lockout in a row, up to the cap, and always ends
-      // on its own.
+      // on its own. It holds for this client only.
       ++lockouts;
       auto window = policy.lockout;
       for (int i = 1; i < lockouts && window < policy.max_lockout; ++i) window *= 2;
       window = std::min(window, policy.max_lockout);
-      tx.exec_prepared("throttle_lockout", S(email), lockouts,
+      tx.exec_prepared("throttle_lockout", S(email), S(client), lockouts,
                        static_cast<int64_t>(window.count()));
       tx.commit();
       return ThrottleDecision{.locked = true, .retry_after = window};
     }
-    tx.exec_prepared("throttle_count", S(email), failures + 1, lockouts);
+    bool ceiling_reached = false;
+    if (policy.account_max_failures > 0) {
+      const auto account = tx.exec_prepared1("throttle_account_lock", S(email),
+                                             static_cast<int64_t>(policy.account_window.count()));
+      const int account_failures = account[0].as<int>();
+      if (account_failures >= policy.account_max_failures && !known) {
+        // Refused without counting or writing anything (the transaction rolls back). The window
+        // is short and fixed, and clients known to the email are never refused here.
+        return ThrottleDecision{.locked = true,
+                                .retry_after = CeilSeconds(account[1].as<double>())};
+      }
+      tx.exec_prepared("throttle_account_count", S(email));
+      ceiling_reached = account_failures + 1 == policy.account_max_failures;
+    }
+    tx.exec_prepared("throttle_count", S(email), S(client), failures + 1, lockouts);
     tx.commit();
-    return ThrottleDecision{};
+    return ThrottleDecision{.account_ceiling_reached = ceiling_reached};
   });
 }
 
-void PgStore::LoginSucceeded(std::string_view email) {
+void PgStore::LoginSucceeded(std::string_view email, std::string_view client) {
   pool_.Run([&](pqxx::connection& c) {
     pqxx::work tx(c);
-    tx.exec_prepared("throttle_clear", S(email));
+    tx.exec_prepared("throttle_success", S(email), S(client));
+    tx.exec_prepared("throttle_account_success", S(email));
     tx.commit();
   });
 }
@@ -602,12 +651,15 @@ void PgStore::Audit(std::string_view actor, std::string_view action, std::string
   });
 }
 
-void PgStore::Cleanup() {
+void PgStore::Cleanup(const ThrottlePolicy& policy) {
   pool_.Run([&](pqxx::connection& c) {
     pqxx::work tx(c);
     tx.exec_prepared("cleanup_refresh");
     tx.exec_prepared("cleanup_families");
-    tx.exec_prepared("cleanup_throttle");
+    tx.exec_prepared("cleanup_throttle_clients",
+                     static_cast<int64_t>(policy.known_client_memory.count()));
+    tx.exec_prepared("cleanup_throttle_accounts");
+    tx.exec_prepared("cleanup_throttle_legacy");
     tx.commit();
   });
 }

@@ -50,17 +50,31 @@ struct NewAccount {
   std::string region;
 };
 
-// Login throttling per email (known or not).
+// Login throttling. Attempts are counted per (email, client): the email (known or not, so the
+// throttle reveals nothing about which accounts exist) and the key of the caller's address
+// (ThrottleClientKey in auth_service.h). A lockout of one pair does not block the email from
+// another address. Over all clients of an email, a ceiling on failures in a short fixed window
+// refuses only clients that have not logged in to that email before (known clients), so a
+// stranger cannot lock the owner out of the addresses they use.
 struct ThrottlePolicy {
-  int max_failures = 5;              // failed attempts before a lockout
-  std::chrono::seconds lockout{30};  // first lockout; doubles per lockout
+  int max_failures = 5;              // failed attempts of one pair before it is locked
+  std::chrono::seconds lockout{30};  // first lockout; doubles per lockout in a row
   std::chrono::seconds max_lockout{std::chrono::minutes(15)};
   std::chrono::seconds failure_memory{std::chrono::minutes(15)};  // failures older are forgotten
   std::chrono::seconds lockout_memory{std::chrono::hours(24)};    // lockout count decays after
+  // Per email over every client: at most this many failures per window from clients that are
+  // not known; 0 turns the ceiling off.
+  int account_max_failures = 100;
+  std::chrono::seconds account_window{std::chrono::minutes(5)};
+  // A client that logged in to the email this recently is known (exempt from the ceiling).
+  std::chrono::seconds known_client_memory{std::chrono::hours(24 * 30)};
 };
 struct ThrottleDecision {
   bool locked = false;
   std::chrono::seconds retry_after{0};
+  // This attempt was the one that filled the email's ceiling (new clients are refused from now
+  // until the window ends); worth a log line.
+  bool account_ceiling_reached = false;
 };
 
 enum class RefreshStatus { kOk, kUnknown, kExpired, kReused, kRevoked };
@@ -107,8 +121,10 @@ class Store {
 
   // Login throttling: called before the password is hashed. Counts this attempt as a failure
   // until LoginSucceeded clears it, so parallel guesses are counted too.
-  virtual ThrottleDecision BeginLogin(std::string_view email, const ThrottlePolicy& policy) = 0;
-  virtual void LoginSucceeded(std::string_view email) = 0;
+  virtual ThrottleDecision BeginLogin(std::string_view email, std::string_view client,
+                                      const ThrottlePolicy& policy) = 0;
+  // Clears the pair's count and makes the client known for the email.
+  virtual void LoginSucceeded(std::string_view email, std::string_view client) = 0;
 
   // Refresh tokens.
   virtual std::string StartFamily(std::string_view account_id, std::string_view region) = 0;
@@ -142,8 +158,9 @@ class Store {
 
   virtual void Audit(std::string_view actor, std::string_view action, std::string_view target,
                      std::string_view detail = {}) = 0;
-  // Drops state nobody needs any more (long expired refresh tokens, stale throttle rows).
-  virtual void Cleanup() = 0;
+  // Drops state nobody needs any more (long expired refresh tokens, stale throttle rows; known
+  // clients are kept for policy.known_client_memory).
+  virtual void Cleanup(const ThrottlePolicy& policy) = 0;
 };
 
 // The PostgreSQL store; owns its connection pool (with the prepared statements it uses).
@@ -169,8 +186,9 @@ class PgStore : public Store {
   InviteStatus Signup(std::string_view code_hash, const NewAccount& fields,
                       AccountRow& account) override;
 
-  ThrottleDecision BeginLogin(std::string_view email, const ThrottlePolicy& policy) override;
-  void LoginSucceeded(std::string_view email) override;
+  ThrottleDecision BeginLogin(std::string_view email, std::string_view client,
+                              const ThrottlePolicy& policy) override;
+  void LoginSucceeded(std::string_view email, std::string_view client) override;
 
   std::string StartFamily(std::string_view account_id, std::string_view region) override;
   void AddRefreshToken(std::string_view family_id, std::string_view token_hash,
@@ -195,7 +213,7 @@ class PgStore : public Store {
 
   void Audit(std::string_view actor, std::string_view action, std::string_view target,
              std::string_view detail) override;
-  void Cleanup() override;
+  void Cleanup(const ThrottlePolicy& policy) override;
 
  private:
   std::string region_;

@@ -261,11 +261,14 @@ void Gateway::HandleCall(std::shared_ptr<Call> call) {
     return Finish(c, ErrorResponse(c, 400, e.what()));
   }
 
+  // The bus headers are built here, never copied from the HTTP request: a client cannot choose
+  // its Muon-Client-Address (auth throttles logins by it), nor any other platform header.
   bus::Headers headers;
-  headers.reserve(4);
+  headers.reserve(5);
   if (!authorization.empty()) headers.emplace_back(bus::kHeaderAuthorization, authorization);
   headers.emplace_back(bus::kHeaderRequestId, c.request_id);
   headers.emplace_back(bus::kHeaderTraceparent, c.traceparent);
+  headers.emplace_back(bus::kHeaderClientAddress, c.client.address);
 
   if (c.route.kind == RouteKind::kLogTail) {
     return StartLogTail(std::move(call), caller, email, std::move(headers));

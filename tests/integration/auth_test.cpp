@@ -74,11 +74,15 @@ struct AuthInstance {
   }
 };
 
+// client_address: the Muon-Client-Address header, as an ingress sets it (none: a bus caller).
 template <typename Resp, typename Req>
 Resp CallAuth(muon::bus::Connection& conn, const std::string& method, const Req& request,
-              const std::string& access_token = "") {
+              const std::string& access_token = "", const std::string& client_address = "") {
   muon::bus::Headers headers;
   if (!access_token.empty()) headers.emplace_back("Authorization", "Bearer " + access_token);
+  if (!client_address.empty()) {
+    headers.emplace_back(muon::bus::kHeaderClientAddress, client_address);
+  }
   Resp response;
   muon::Call(conn, muon::PlatformSubject("auth", method), request, response, 5s, headers);
   return response;
@@ -96,11 +100,22 @@ muon::Error ErrorOf(const std::function<void()>& fn) {
 }
 
 v1::TokenResponse Login(muon::bus::Connection& conn, const std::string& email,
-                        const std::string& password) {
+                        const std::string& password, const std::string& client_address = "") {
   v1::LoginRequest request;
   request.set_email(email);
   request.set_password(password);
-  return CallAuth<v1::TokenResponse>(conn, "Login", request);
+  return CallAuth<v1::TokenResponse>(conn, "Login", request, "", client_address);
+}
+
+// The status a login answers with: 200, or the muon::Error's code.
+int LoginStatus(muon::bus::Connection& conn, const std::string& email, const std::string& password,
+                const std::string& client_address = "") {
+  try {
+    Login(conn, email, password, client_address);
+    return 200;
+  } catch (const muon::Error& e) {
+    return e.code();
+  }
 }
 
 std::string KidOf(const std::string& token) {
@@ -282,58 +297,96 @@ TEST_CASE("refresh rotates, reuse revokes the family, logout revokes", "[auth]")
   CHECK_FALSE(Login(*s.client, "dev@example.com", "a good long password").access_token().empty());
 }
 
-TEST_CASE("logins lock after repeated failures and unlock when the window ends", "[auth]") {
+TEST_CASE("logins lock per (email, client address) and unlock when the window ends", "[auth]") {
   Single s([](muon::auth::AppOptions& o) {
     o.settings.throttle.lockout = 1s;
     o.settings.throttle.max_lockout = 2s;
   });
   s.Developer("dev@example.com", "a good long password");
+  const std::string a = "203.0.113.7";    // a stranger guessing
+  const std::string b = "198.51.100.20";  // the account's owner, elsewhere
+  const std::string good = "a good long password";
+  const std::string bad = "wrong password!!";
 
-  for (int i = 0; i < 5; ++i) {
-    CHECK(ErrorOf([&] { Login(*s.client, "dev@example.com", "wrong password!!"); }).code() == 401);
-  }
-  // Locked: even the right password is refused, without hashing.
-  auto locked = ErrorOf([&] { Login(*s.client, "dev@example.com", "a good long password"); });
+  for (int i = 0; i < 5; ++i) CHECK(LoginStatus(*s.client, "dev@example.com", bad, a) == 401);
+  // Client A is locked: even the right password is refused from A, without hashing.
+  auto locked = ErrorOf([&] { Login(*s.client, "dev@example.com", good, a); });
   CHECK(locked.code() == 429);
   CHECK(locked.detail() == "too many failed logins; try again in 1 s");
 
-  // The window ends on its own; a wrong guess now counts again (401 instead of 429).
+  // The same email from client B (and from a bus caller without the header) logs in, and B's
+  // success does not lift A's lockout.
+  CHECK_FALSE(Login(*s.client, "dev@example.com", good, b).access_token().empty());
+  CHECK_FALSE(Login(*s.client, "dev@example.com", good).access_token().empty());
+  CHECK(LoginStatus(*s.client, "dev@example.com", good, a) == 429);
+  // Another address of A's IPv4 is another client; B still has its full count.
+  for (int i = 0; i < 5; ++i) CHECK(LoginStatus(*s.client, "dev@example.com", bad, b) == 401);
+  CHECK(LoginStatus(*s.client, "dev@example.com", bad, b) == 429);
+
+  // A's window ends on its own; a wrong guess from A counts again (401 instead of 429).
   REQUIRE(muon::testing::WaitUntil(
-      [&] {
-        return ErrorOf([&] { Login(*s.client, "dev@example.com", "wrong password!!"); }).code() ==
-               401;
-      },
-      10s, 100ms));
-  for (int i = 0; i < 4; ++i) {
-    CHECK(ErrorOf([&] { Login(*s.client, "dev@example.com", "wrong password!!"); }).code() == 401);
-  }
-  // The second lockout in a row is twice as long.
-  CHECK(ErrorOf([&] { Login(*s.client, "dev@example.com", "wrong password!!"); }).detail() ==
+      [&] { return LoginStatus(*s.client, "dev@example.com", bad, a) == 401; }, 10s, 100ms));
+  for (int i = 0; i < 4; ++i) CHECK(LoginStatus(*s.client, "dev@example.com", bad, a) == 401);
+  // The second lockout of A in a row is twice as long.
+  CHECK(ErrorOf([&] { Login(*s.client, "dev@example.com", bad, a); }).detail() ==
         "too many failed logins; try again in 2 s");
 
-  // Recovery: after the window the right password works and clears the count.
+  // Recovery: after the window the right password works from A and clears A's count.
   REQUIRE(muon::testing::WaitUntil(
-      [&] {
-        try {
-          return !Login(*s.client, "dev@example.com", "a good long password")
-                      .access_token()
-                      .empty();
-        } catch (const muon::Error& e) {
-          return false;
-        }
-      },
-      10s, 100ms));
-  for (int i = 0; i < 4; ++i) {
-    CHECK(ErrorOf([&] { Login(*s.client, "dev@example.com", "wrong password!!"); }).code() == 401);
-  }
-  CHECK_FALSE(Login(*s.client, "dev@example.com", "a good long password").access_token().empty());
+      [&] { return LoginStatus(*s.client, "dev@example.com", good, a) == 200; }, 10s, 100ms));
+  for (int i = 0; i < 4; ++i) CHECK(LoginStatus(*s.client, "dev@example.com", bad, a) == 401);
+  CHECK(LoginStatus(*s.client, "dev@example.com", good, a) == 200);
 
-  // Unknown emails are throttled the same way, so a lockout reveals nothing about existence.
-  for (int i = 0; i < 5; ++i) {
-    CHECK(ErrorOf([&] { Login(*s.client, "ghost@example.com", "wrong password!!"); }).code() ==
+  // IPv6 clients are counted per /64: other addresses of one /64 share the lockout.
+  for (int i = 1; i <= 5; ++i) {
+    CHECK(LoginStatus(*s.client, "dev@example.com", bad, fmt::format("2001:db8:7:7::{}", i)) ==
           401);
   }
-  CHECK(ErrorOf([&] { Login(*s.client, "ghost@example.com", "wrong password!!"); }).code() == 429);
+  CHECK(LoginStatus(*s.client, "dev@example.com", good, "2001:db8:7:7:abcd::1") == 429);
+  CHECK(LoginStatus(*s.client, "dev@example.com", good, "2001:db8:7:8::1") == 200);
+
+  // Unknown emails are throttled the same way, so a lockout reveals nothing about existence.
+  for (int i = 0; i < 5; ++i) CHECK(LoginStatus(*s.client, "ghost@example.com", bad, a) == 401);
+  CHECK(LoginStatus(*s.client, "ghost@example.com", bad, a) == 429);
+  CHECK(LoginStatus(*s.client, "ghost@example.com", bad, b) == 401);
+}
+
+TEST_CASE("the ceiling over all addresses of an email refuses only addresses it does not know",
+          "[auth]") {
+  Single s([](muon::auth::AppOptions& o) {
+    o.settings.throttle.account_max_failures = 8;
+    o.settings.throttle.account_window = 5s;
+  });
+  s.Developer("dev@example.com", "a good long password");
+  const std::string good = "a good long password";
+  const std::string bad = "wrong password!!";
+  const std::string home = "192.0.2.10";  // where the owner logged in from before
+  REQUIRE(LoginStatus(*s.client, "dev@example.com", good, home) == 200);
+
+  // Guesses spread over many addresses (one each: no address reaches its own lockout) until
+  // the email's ceiling is reached. (A fresh window starts with the first guess; 8 guesses take
+  // far less than its 5 s.)
+  for (int i = 1; i <= 8; ++i) {
+    CHECK(LoginStatus(*s.client, "dev@example.com", bad, fmt::format("203.0.113.{}", i)) == 401);
+  }
+  // Now a new address is refused, even with the right password...
+  auto refused = ErrorOf([&] { Login(*s.client, "dev@example.com", good, "203.0.113.99"); });
+  CHECK(refused.code() == 429);
+  CHECK(refused.detail().rfind("too many failed logins; try again in ", 0) == 0);
+  CHECK(LoginStatus(*s.client, "dev@example.com", good) == 429);  // bus callers are new too
+  // ...but the owner's known address is not.
+  CHECK(LoginStatus(*s.client, "dev@example.com", good, home) == 200);
+
+  // The window is short and ends on its own: then new addresses log in again.
+  REQUIRE(muon::testing::WaitUntil(
+      [&] { return LoginStatus(*s.client, "dev@example.com", good, "203.0.113.99") == 200; }, 15s,
+      100ms));
+
+  // Unknown emails have the same ceiling (no address is known for them).
+  for (int i = 1; i <= 8; ++i) {
+    CHECK(LoginStatus(*s.client, "ghost@example.com", bad, fmt::format("203.0.113.{}", i)) == 401);
+  }
+  CHECK(LoginStatus(*s.client, "ghost@example.com", bad, home) == 429);
 }
 
 TEST_CASE("login time with the production Argon2id parameters", "[auth][timing]") {

@@ -13,6 +13,7 @@
 
 #include "harness.h"
 #include "http_client.h"
+#include "muon/common/bus.h"
 #include "muon/common/token.h"
 
 using namespace std::chrono_literals;
@@ -154,11 +155,19 @@ struct Region {
     return Field(Json(signup.body), "accessToken");
   }
 
-  // Polls until echo is callable through this ingress (discovery and subscriptions settle).
+  // Polls until echo is callable through this ingress and listed in its catalog (which tells a
+  // missing service, 404, from one with no instance of the asked version, 503; it refreshes
+  // every 2 s, so it can lag behind the first answer).
   void WaitForEcho(const std::string& token) {
     const bool answered = muon::testing::WaitUntil(
-        [&] { return Post("/v1/echo/Echo", R"({"message":"ping"})", token).status == 200; }, 15s,
-        50ms);
+        [&] {
+          if (Post("/v1/echo/Echo", R"({"message":"ping"})", token).status != 200) return false;
+          const auto services = HttpRequest("GET", url() + "/v1/services", "",
+                                            {{"Authorization", "Bearer " + token}});
+          return services.status == 200 &&
+                 services.body.find(R"("name":"echo")") != std::string::npos;
+        },
+        15s, 50ms);
     if (!answered) FAIL("echo not callable through the ingress:\n" << Logs());
   }
 };
@@ -290,6 +299,54 @@ TEST_CASE("a per-client rate limit answers 429", "[ingress]") {
   CHECK(ok >= 5);
   CHECK(limited > 0);
   CheckError(last, 429, "auth.Whoami", "rate limit");
+}
+
+TEST_CASE("the ingress puts the client's address on the bus, never one the client sent",
+          "[ingress]") {
+  Shared shared;
+  Region us("us", shared.database, shared.key_file, {}, /*with_echo=*/false);
+  const std::string admin = us.AdminToken();
+
+  // A user service that answers with the Muon-Client-Address it was given.
+  auto conn = muon::bus::Connection::Connect({.url = us.nats.url(), .name = "spy"});
+  REQUIRE(conn->WaitConnected(5s));
+  auto sub = conn->Subscribe("svc.spy.Look", [&](muon::bus::Msg& msg) {
+    (void)conn->Respond(msg, msg.Header(muon::bus::kHeaderClientAddress).value_or("(none)"));
+  });
+  REQUIRE_FALSE(conn->Flush(2s));
+  auto look = [&](std::map<std::string, std::string> headers, const std::string& from = "") {
+    headers["Authorization"] = "Bearer " + admin;
+    headers["Content-Type"] = "application/json";
+    return HttpRequest("POST", us.url() + "/v1/spy/Look", "{}", headers, 10s, from);
+  };
+  const auto plain = look({});
+  INFO(plain.body);
+  REQUIRE(plain.status == 200);
+  CHECK(plain.body == "127.0.0.1");
+  CHECK(look({{"Muon-Client-Address", "203.0.113.9"}}).body == "127.0.0.1");
+  CHECK(look({{"muon-client-address", "203.0.113.9"}}).body == "127.0.0.1");
+  CHECK(look({{"Muon-Client-Address", "203.0.113.9"}}, "127.0.0.2").body == "127.0.0.2");
+
+  // So auth's login throttle counts what the ingress saw: guesses from 127.0.0.1 that each
+  // claim another address lock 127.0.0.1 out of the email, and only 127.0.0.1.
+  us.Invitee(admin, "dev@example.com", "developer");  // password "a long enough password"
+  auto login = [&](const std::string& password, const std::string& claimed,
+                   const std::string& from = "") {
+    std::map<std::string, std::string> headers = {{"Content-Type", "application/json"}};
+    if (!claimed.empty()) headers["Muon-Client-Address"] = claimed;
+    return HttpRequest("POST", us.url() + "/v1/auth/Login",
+                       R"({"email":"dev@example.com","password":")" + password + R"("})", headers,
+                       10s, from);
+  };
+  for (int i = 1; i <= 5; ++i) {
+    CheckError(login("wrong password!!", "198.51.100." + std::to_string(i)), 401, "auth.Login",
+               "wrong email or password");
+  }
+  CheckError(login("a long enough password", "198.51.100.77"), 429, "auth.Login",
+             "too many failed logins");
+  const auto elsewhere = login("a long enough password", "", "127.0.0.2");
+  INFO(elsewhere.body);
+  CHECK(elsewhere.status == 200);
 }
 
 TEST_CASE("SIGTERM drains the ingress: the in-flight call finishes, the process exits 0",

@@ -14,7 +14,7 @@ namespace http = beast::http;
 
 HttpResponse HttpRequest(const std::string& method, const std::string& url, const std::string& body,
                          const std::map<std::string, std::string>& headers,
-                         std::chrono::milliseconds timeout) {
+                         std::chrono::milliseconds timeout, const std::string& local_address) {
   constexpr std::string_view kScheme = "http://";
   if (url.rfind(kScheme, 0) != 0) throw std::invalid_argument("only http:// URLs: " + url);
   const std::string rest = url.substr(kScheme.size());
@@ -29,7 +29,16 @@ HttpResponse HttpRequest(const std::string& method, const std::string& url, cons
   beast::tcp_stream stream(io);
   stream.expires_after(timeout);
   boost::asio::ip::tcp::resolver resolver(io);
-  stream.connect(resolver.resolve(host, port));
+  const auto endpoints = resolver.resolve(host, port);
+  if (local_address.empty()) {
+    stream.connect(endpoints);
+  } else {
+    const auto local = boost::asio::ip::make_address(local_address);
+    auto& socket = stream.socket();
+    socket.open(local.is_v4() ? boost::asio::ip::tcp::v4() : boost::asio::ip::tcp::v6());
+    socket.bind({local, 0});
+    socket.connect(*endpoints.begin());
+  }
 
   http::request<http::string_body> request{http::string_to_verb(method), target, 11};
   request.set(http::field::host, host_port);

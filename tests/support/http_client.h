@@ -18,10 +18,12 @@ struct HttpResponse {
   }
 };
 
-// Throws std::runtime_error when the connection fails or times out.
+// Throws std::runtime_error when the connection fails or times out. With local_address the
+// connection comes from that address (e.g. 127.0.0.2: another client on loopback).
 HttpResponse HttpRequest(const std::string& method, const std::string& url,
                          const std::string& body = "",
                          const std::map<std::string, std::string>& headers = {},
-                         std::chrono::milliseconds timeout = std::chrono::seconds(10));
+                         std::chrono::milliseconds timeout = std::chrono::seconds(10),
+                         const std::string& local_address = "");
 
 }  // namespace muon::testing

@@ -8,6 +8,7 @@
 
 #include "muon/cli/commands.h"
 #include "muon/cli/exit_codes.h"
+#include "muon/common/service.h"
 
 using namespace std::chrono_literals;
 using muon::cli::Invocation;
@@ -179,8 +180,33 @@ TEST_CASE("cli: call", "[cli]") {
         "--timeout: '5' is not a duration (e.g. 500ms, 5s, 1m30s, 48h)");
   CHECK(Problem({"call", "echo", "Echo", "--timeout", "0s"}) == "--timeout must be more than 0");
   CHECK(Problem({"call", "echo", "Echo", "--version", "a b"}) ==
-        "--version: 'a b' is not a version name");
+        "--version: 'a b' is not a release label (letters, digits, '_' and '-', at most 64; e.g. "
+        "v3 or a branch slug)");
   CHECK(Problem({"call", "echo", "Echo", "-x"}) == "call: unknown flag -x");
+}
+
+TEST_CASE("cli: call --version takes exactly the labels the ingress takes", "[cli]") {
+  // The ingress answers 400 to a Muon-Version that muon::IsValidReleaseLabel refuses; the CLI
+  // applies the same function, so such a label is a usage error before anything is sent.
+  const std::vector<std::string> accepted = {"v3", "feature-login",     "Release_2", "0",
+                                             "-x", std::string(64, 'a')};
+  const std::vector<std::string> refused = {"v1.2", "1.0.0", "a b",  "feat/x",
+                                            "v3*",  "v>",    "",     "\xc3\xbc",
+                                            "a\tb", "v3\n",  "v3.*", std::string(65, 'a')};
+  for (const auto& label : accepted) {
+    INFO("label '" << label << "'");
+    CHECK(muon::IsValidReleaseLabel(label));
+    CHECK(As<muon::cli::CallCmd>({"call", "echo", "Echo", "--version", label}).version == label);
+  }
+  for (const auto& label : refused) {
+    INFO("label '" << label << "'");
+    CHECK_FALSE(muon::IsValidReleaseLabel(label));
+    CHECK(Problem({"call", "echo", "Echo", "--version", label})
+              .rfind("--version: '" + label + "' is not a release label", 0) == 0);
+  }
+  CHECK(Problem({"call", "echo", "Echo", "--version=v1.2"}) ==
+        "--version: 'v1.2' is not a release label (letters, digits, '_' and '-', at most 64; "
+        "e.g. v3 or a branch slug)");
 }
 
 TEST_CASE("cli: services and admin commands", "[cli]") {

@@ -35,6 +35,7 @@
 
 #include "harness.h"
 #include "muon/cli/app.h"
+#include "muon/cli/exit_codes.h"
 #include "muon/cli/store.h"
 
 namespace fs = std::filesystem;
@@ -350,6 +351,17 @@ TEST_CASE("cli http: invalid JSON bodies never leave the machine", "[cli][http]"
   Cli cli(server.url());
   CHECK(cli.Run({"call", "echo", "Echo", R"({"message": )"}) == 2);
   CHECK(cli.err.str().rfind("error: the request body is not valid JSON: ", 0) == 0);
+  CHECK(server.seen().empty());
+}
+
+TEST_CASE("cli http: a --version the ingress would refuse never leaves the machine",
+          "[cli][http]") {
+  TestServer server({});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+  CHECK(cli.Run({"call", "echo", "Echo", "--version", "v1.2"}) == muon::cli::kExitUsage);
+  CHECK(cli.err.str().rfind("error: --version: 'v1.2' is not a release label", 0) == 0);
+  CHECK(cli.out.str().empty());
   CHECK(server.seen().empty());
 }
 

@@ -28,6 +28,10 @@ inline constexpr const char* kHeaderTraceparent = "traceparent";
 inline constexpr const char* kHeaderServiceError = "Nats-Service-Error";
 inline constexpr const char* kHeaderServiceErrorCode = "Nats-Service-Error-Code";
 inline constexpr const char* kHeaderMsgId = "Nats-Msg-Id";
+// The address of the HTTP client a request came from (the TCP peer the ingress saw). The
+// ingress sets it on every request it puts on the bus and never passes on a value the client
+// sent; auth throttles logins per (email, this address).
+inline constexpr const char* kHeaderClientAddress = "Muon-Client-Address";
 inline constexpr std::string_view kContentTypeProtobuf = "application/x-protobuf";
 inline constexpr std::string_view kContentTypeJson = "application/json";
 
