@@ -327,8 +327,17 @@ Shipper::~Shipper() {
 
 void Shipper::Emit(Severity severity, std::string message, std::string trace_id,
                    std::optional<std::chrono::system_clock::time_point> time) {
+  EmitImpl(options_.source, severity, std::move(message), std::move(trace_id),
+           time.value_or(std::chrono::system_clock::now()));
+}
+
+void Shipper::EmitFrom(Source source, Severity severity, std::string message) {
+  EmitImpl(source, severity, std::move(message), {}, std::chrono::system_clock::now());
+}
+
+void Shipper::EmitImpl(Source source, Severity severity, std::string message,
+                       std::string trace_id, std::chrono::system_clock::time_point now) {
   logs::v1::LogLine line;
-  const auto now = time.value_or(std::chrono::system_clock::now());
   const int64_t ns =
       std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
   line.mutable_time()->set_seconds(ns / 1000000000);
@@ -337,7 +346,7 @@ void Shipper::Emit(Severity severity, std::string message, std::string trace_id,
   line.set_instance(options_.instance);
   line.set_release(options_.release);
   line.set_region(options_.region);
-  line.set_source(options_.source);
+  line.set_source(source);
   line.set_severity(severity);
   SanitizeText(message);
   SanitizeText(trace_id);

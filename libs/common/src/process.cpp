@@ -285,6 +285,12 @@ const char* StepName(int step) {
       ChildFail(error_fd, kStepRedirect);
     }
   }
+  if (options.stdout_fd >= 0 && ::dup2(options.stdout_fd, STDOUT_FILENO) < 0) {
+    ChildFail(error_fd, kStepRedirect);
+  }
+  if (options.stderr_fd >= 0 && ::dup2(options.stderr_fd, STDERR_FILENO) < 0) {
+    ChildFail(error_fd, kStepRedirect);
+  }
 
   // Descriptors the parent opened without O_CLOEXEC (sockets, listeners) must not leak into
   // long-running servers, where they would keep ports and files open. Best effort: needs

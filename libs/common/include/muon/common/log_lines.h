@@ -92,6 +92,9 @@ class Shipper {
 
   void Emit(logs::v1::Severity severity, std::string message, std::string trace_id = {},
             std::optional<std::chrono::system_clock::time_point> time = std::nullopt);
+  // A line from another source than the shipper's own (the node's notes about an instance go
+  // with the instance's lines: one numbering, one subject).
+  void EmitFrom(logs::v1::Source source, logs::v1::Severity severity, std::string message);
   // One line of application output: severity detected, trailing CR/LF removed.
   void EmitLine(std::string line, bool from_stderr);
 
@@ -108,6 +111,8 @@ class Shipper {
     std::string data;
   };
   void Run();
+  void EmitImpl(logs::v1::Source source, logs::v1::Severity severity, std::string message,
+                std::string trace_id, std::chrono::system_clock::time_point time);
   static void OnPublishError(jsCtx* js, jsPubAckErr* error, void* closure);
   void PublishOne(const Pending& p);
 

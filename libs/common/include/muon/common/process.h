@@ -21,6 +21,9 @@ struct ProcessOptions {
   bool clear_env = false;
   std::string working_dir;  // empty = inherit
   std::string output_file;  // stdout+stderr appended here; empty = inherit
+  // Descriptors (owned by the caller) the child gets as stdout / stderr; -1 = as above.
+  int stdout_fd = -1;
+  int stderr_fd = -1;
   std::string run_as_user;  // switch to this user before exec (needs root); empty = stay
   bool new_process_group = true;
   // Signal the child gets when the parent dies (prctl PR_SET_PDEATHSIG); 0 = none.
