@@ -1,8 +1,10 @@
-// End to end, as a user: scripts/up brings the local stack up (NATS, PostgreSQL, auth, echo,
-// ingress) on free ports in a throw-away state dir, and the `muon` CLI drives it over HTTP.
+// End to end, as a user: scripts/up brings the local stack up (NATS, PostgreSQL, auth, logs,
+// echo, ingress) on free ports in a throw-away state dir, and the `muon` CLI drives it over HTTP.
 
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "harness.h"
 
@@ -56,6 +58,22 @@ class LocalStack {
   }
 
   const muon::RunResult& up() const { return up_; }
+  const std::string& dir() const { return dir_.path(); }
+  std::map<std::string, std::string> UserEnv(const std::string& user) const {
+    auto env = env_;
+    env["XDG_CONFIG_HOME"] = dir_.path() + "/" + user + "-config";
+    return env;
+  }
+
+  // Runs COMMAND under muon-run (the node runtime's output capture) as <service>/<instance>.
+  muon::RunResult RunCaptured(const std::string& service, const std::string& instance,
+                              const std::string& shell_command) {
+    return muon::RunCommand({.program = muon::testing::BinDir() + "/muon-run",
+                             .args = {"--server", "nats://127.0.0.1:" + env_.at("MUON_NATS_PORT"),
+                                      "--service", service, "--instance", instance, "--", "/bin/sh",
+                                      "-c", shell_command}},
+                            30s);
+  }
 
  private:
   muon::testing::TempDir dir_{"muon-test-e2e"};
@@ -139,4 +157,72 @@ TEST_CASE("an account without the role gets 403 and exit code 4; no session gets
                           "not the password\n");
   CHECK(wrong.status.code == 3);
   CHECK(wrong.output.find("wrong email or password") != std::string::npos);
+}
+
+TEST_CASE("an instance that prints a line and exits 1: its lines and the exit are in muon logs",
+          "[e2e]") {
+  auto& stack = Stack();
+  REQUIRE(stack.up().status.Success());
+  const auto run = stack.RunCaptured("crashy", "i-1", "echo about to fail; exit 1");
+  CHECK(run.status.code == 1);
+  // Stored asynchronously by muon-logs: poll until both lines are there.
+  muon::RunResult logs;
+  const bool found = muon::testing::WaitUntil(
+      [&] {
+        logs = stack.Muon("admin", {"logs", "crashy", "--since", "10m"});
+        return logs.output.find("about to fail") != std::string::npos &&
+               logs.output.find("process ended: exit code 1") != std::string::npos;
+      },
+      15s, 200ms);
+  INFO(logs.output);
+  CHECK(found);
+  CHECK(logs.output.find("app      crashy/i-1 info  about to fail") != std::string::npos);
+  CHECK(logs.output.find("system   crashy/i-1 error process ended: exit code 1") !=
+        std::string::npos);
+
+  // Filters: only the system notes, as JSON lines.
+  auto system = stack.Muon("admin", {"logs", "crashy", "--source", "system", "--output", "json"});
+  INFO(system.output);
+  CHECK(system.status.code == 0);
+  CHECK(system.output.find("about to fail") == std::string::npos);
+  CHECK(system.output.find("\"source\":\"SOURCE_SYSTEM\"") != std::string::npos);
+
+  auto bad = stack.Muon("admin", {"logs", "crashy", "--severity", "loud"});
+  CHECK(bad.status.code == 2);
+  CHECK(bad.output.find("--severity") != std::string::npos);
+}
+
+TEST_CASE("muon logs -f prints a line an instance prints within a second", "[e2e]") {
+  auto& stack = Stack();
+  REQUIRE(stack.up().status.Success());
+  const std::string out = stack.dir() + "/follow.out";
+  muon::Process follower({.program = muon::testing::BinDir() + "/muon",
+                          .args = {"logs", "ticker", "-f", "-n", "0"},
+                          .env = stack.UserEnv("admin"),
+                          .output_file = out});
+  auto contents = [&] {
+    std::ifstream in(out);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  };
+  // The tail is live once a warm-up line shows up (each run prints a new one).
+  int warmups = 0;
+  REQUIRE(muon::testing::WaitUntil(
+      [&] {
+        const std::string marker = "warm-up-" + std::to_string(++warmups);
+        stack.RunCaptured("ticker", "i-1", "echo " + marker);
+        return muon::testing::WaitUntil(
+            [&] { return contents().find(marker) != std::string::npos; }, 1s, 20ms);
+      },
+      20s, 10ms));
+  const auto start = std::chrono::steady_clock::now();
+  stack.RunCaptured("ticker", "i-2", "echo the-measured-line");
+  const bool seen = muon::testing::WaitUntil(
+      [&] { return contents().find("the-measured-line") != std::string::npos; }, 5s, 5ms);
+  const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - start);
+  INFO(contents());
+  WARN("muon logs -f: printed " << elapsed.count() << " ms after the instance started");
+  CHECK(seen);
+  CHECK(elapsed < 1s);
+  CHECK(contents().find("ticker/i-2 info  the-measured-line") != std::string::npos);
 }
