@@ -367,3 +367,12 @@ TEST_CASE("ParseJsDelivery reads delivery count and stream sequence from the ack
     }
   }
 }
+
+TEST_CASE("MaskSecrets replaces every occurrence of each secret", "[log_lines]") {
+  std::string line = "token=s3cr3t-value and again s3cr3t-value; pin 123";
+  muon::loglines::MaskSecrets(line, {"s3cr3t-value", "123"});
+  CHECK(line == "token=[masked] and again [masked]; pin 123");  // 3 bytes: too short to mask
+  std::string untouched = "nothing here";
+  muon::loglines::MaskSecrets(untouched, {});
+  CHECK(untouched == "nothing here");
+}

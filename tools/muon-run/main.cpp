@@ -24,6 +24,7 @@ options:
   --release R      release label, e.g. v3
   --region R       region (default $MUON_REGION, else local)
   --server URL     NATS URL (default $NATS_URL, else nats://127.0.0.1:4222)
+  --mask-env NAME  mask the value of environment variable NAME in every line (repeatable)
 
 Runs COMMAND with stdout and stderr shipped line by line to muon.log.<S>.<I> and the exit noted
 as a system line; the output is not printed. Exits with COMMAND's exit code (128+N when killed
@@ -66,6 +67,10 @@ int main(int argc, char** argv) {
       options.log.region = v;
     } else if (a == "--server") {
       server = v;
+    } else if (a == "--mask-env") {
+      if (const char* value = std::getenv(v.c_str()); value != nullptr) {
+        options.secrets.emplace_back(value);
+      }
     } else {
       return Usage("unknown option " + a);
     }

@@ -255,6 +255,17 @@ void SanitizeText(std::string& text) {
   text = std::move(out);
 }
 
+void MaskSecrets(std::string& text, const std::vector<std::string>& secrets) {
+  for (const auto& secret : secrets) {
+    if (secret.size() < 4) continue;
+    size_t pos = 0;
+    while ((pos = text.find(secret, pos)) != std::string::npos) {
+      text.replace(pos, secret.size(), "[masked]");
+      pos += 8;
+    }
+  }
+}
+
 bool CapMessage(std::string& message, size_t cap) {
   if (message.size() <= cap) return false;
   size_t cut = cap;

@@ -72,6 +72,7 @@ void CapturedProcess::Pump(int stdout_fd, int stderr_fd) {
   } streams[2] = {{stdout_fd, false, {}}, {stderr_fd, true, {}}};
   auto emit = [&](Stream& s, std::string line, bool cut) {
     loglines::SanitizeText(line);
+    loglines::MaskSecrets(line, options_.secrets);
     const bool truncated = loglines::CapMessage(line, options_.max_line_bytes) || cut;
     while (!line.empty() && line.back() == '\r') line.pop_back();
     const auto severity = loglines::DetectSeverity(line, s.from_stderr);

@@ -20,6 +20,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "muon/common/bus.h"
 #include "muon/common/log.h"
@@ -55,6 +56,11 @@ logs::v1::Severity DetectSeverity(std::string_view message, bool from_stderr);
 // Makes `text` storable: invalid UTF-8 sequences become U+FFFD and NUL bytes are removed
 // (PostgreSQL text cannot hold them, and Protobuf refuses strings that are not UTF-8).
 void SanitizeText(std::string& text);
+
+// Replaces every occurrence of each secret value (at least 4 bytes long; shorter ones would
+// mask ordinary words) with "[masked]": a service's secrets never reach the log stream even when
+// its code prints them.
+void MaskSecrets(std::string& text, const std::vector<std::string>& secrets);
 
 // Cuts `message` to at most `cap` bytes on a UTF-8 character boundary; true when it cut.
 bool CapMessage(std::string& message, size_t cap);
