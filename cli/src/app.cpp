@@ -862,8 +862,9 @@ class App {
     const HttpResponse response = cli::Send(ep.url, request, options);
     Expect2xx(response, ep);
     if (failure) throw *failure;
-    throw CliError(kExitUnavailable, "the ingress ended the tail (restarting or draining); run "
-                                     "the command again");
+    throw CliError(kExitUnavailable,
+                   "the ingress ended the tail (restarting or draining); run "
+                   "the command again");
   }
 
   int Do(const ServicesCmd&) {

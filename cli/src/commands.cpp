@@ -105,7 +105,8 @@ const std::vector<CommandSpec>& Specs() {
         {"release", "R", false, "only this release, e.g. v3"},
         {"source", "app|system|build|platform", false, "only lines from this source"},
         {"severity", "LEVEL", false, "this severity and above: debug, info, warn, error, fatal"},
-        {"since", "D|TIME", false, "from D ago (90s, 15m, 2h, 7d) or an RFC 3339 time (default 24h)"},
+        {"since", "D|TIME", false,
+         "from D ago (90s, 15m, 2h, 7d) or an RFC 3339 time (default 24h)"},
         {"until", "D|TIME", false, "up to D ago or an RFC 3339 time (not with -f)"},
         {"grep", "TEXT", false, "only lines containing TEXT (case-insensitive)"},
         {"lines", "N", false, "how many of the latest lines to show first (-n, default 100)"},
@@ -377,9 +378,9 @@ LogsCmd BuildLogs(const Parsed& p, const std::string& service, const std::string
   }
   cmd.severity = p.Get("severity");
   if (!cmd.severity.empty() && !loglines::ParseSeverityName(cmd.severity)) {
-    throw UsageError(fmt::format("--severity: '{}' is not one of debug, info, warn, error, fatal",
-                                 cmd.severity),
-                     usage);
+    throw UsageError(
+        fmt::format("--severity: '{}' is not one of debug, info, warn, error, fatal", cmd.severity),
+        usage);
   }
   for (const char* flag : {"since", "until"}) {
     const std::string value = p.Get(flag);

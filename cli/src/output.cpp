@@ -180,11 +180,20 @@ std::string FormatLogLine(const logs::v1::LogLine& line, bool color) {
   if (color) {
     const char* code = "";
     switch (line.severity()) {
-      case logs::v1::SEVERITY_DEBUG: code = "\x1b[2m"; break;
-      case logs::v1::SEVERITY_WARN: code = "\x1b[33m"; break;
-      case logs::v1::SEVERITY_ERROR: code = "\x1b[31m"; break;
-      case logs::v1::SEVERITY_FATAL: code = "\x1b[1;31m"; break;
-      default: break;
+      case logs::v1::SEVERITY_DEBUG:
+        code = "\x1b[2m";
+        break;
+      case logs::v1::SEVERITY_WARN:
+        code = "\x1b[33m";
+        break;
+      case logs::v1::SEVERITY_ERROR:
+        code = "\x1b[31m";
+        break;
+      case logs::v1::SEVERITY_FATAL:
+        code = "\x1b[1;31m";
+        break;
+      default:
+        break;
     }
     if (*code != '\0') shown = fmt::format("{}{}\x1b[0m", code, shown);
   }

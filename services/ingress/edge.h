@@ -4,8 +4,8 @@
 
 #include <chrono>
 #include <cstdint>
-#include <mutex>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>

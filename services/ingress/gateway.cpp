@@ -3,11 +3,11 @@
 #include <google/protobuf/dynamic_message.h>
 #include <google/protobuf/util/json_util.h>
 
-#include "muon/auth/v1/auth.pb.h"
 #include "log_tail.h"
+#include "muon/auth/v1/auth.pb.h"
 #include "muon/common/errors.h"
-#include "muon/common/log_lines.h"
 #include "muon/common/log.h"
+#include "muon/common/log_lines.h"
 #include "muon/common/proto_registry.h"
 #include "muon/common/service.h"
 

@@ -137,9 +137,10 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       });
     };
     stream_handle_ = stream;
-    asio::dispatch(io, [self = this->shared_from_this(), version, head = std::move(head)]() mutable {
-      self->WriteStreamHead(version, std::move(head));
-    });
+    asio::dispatch(io,
+                   [self = this->shared_from_this(), version, head = std::move(head)]() mutable {
+                     self->WriteStreamHead(version, std::move(head));
+                   });
     return stream;
   }
 

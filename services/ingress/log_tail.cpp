@@ -4,10 +4,10 @@
 
 #include <charconv>
 
+#include "edge.h"
 #include "muon/common/errors.h"
 #include "muon/common/log.h"
 #include "muon/common/log_lines.h"
-#include "edge.h"
 
 namespace muon::ingress {
 namespace {

@@ -40,7 +40,8 @@ void AddOptions(config::Spec& spec) {
            "daily partitions created ahead of today")
       .Int("ingest-workers", "MUON_LOGS_INGEST_WORKERS", 2, 1, 32,
            "parallel fetch-and-store loops in this process")
-      .Int("batch-size", "MUON_LOGS_BATCH_SIZE", 5000, 1, 100000, "lines stored per transaction at most")
+      .Int("batch-size", "MUON_LOGS_BATCH_SIZE", 5000, 1, 100000,
+           "lines stored per transaction at most")
       .Duration("batch-wait", "MUON_LOGS_BATCH_WAIT", "100ms",
                 "how long a fetch waits to fill a batch");
 }
@@ -57,8 +58,8 @@ LogsOptions OptionsFromConfig(const config::Values& values) {
           fmt::format("--service-secret-file (env MUON_SERVICE_SECRET_FILE): {}", e.what()));
     }
   }
-  o.stream_max_age = std::chrono::duration_cast<std::chrono::seconds>(
-      values.Duration("stream-max-age"));
+  o.stream_max_age =
+      std::chrono::duration_cast<std::chrono::seconds>(values.Duration("stream-max-age"));
   o.stream_max_bytes = values.Int("stream-max-mb") * 1024 * 1024;
   o.retention = std::chrono::duration_cast<std::chrono::hours>(values.Duration("retention"));
   o.partition_days_ahead = static_cast<int>(values.Int("partition-days-ahead"));
@@ -115,9 +116,9 @@ HistoryQuery ResolveQuery(const v1::QueryRequest& request, Clock::time_point now
   if (!request.since().empty()) {
     auto t = ParseTimeArg(request.since(), now);
     if (!t) {
-      throw Error::BadRequest(fmt::format(
-          "since \"{}\" is neither a duration (90s, 15m, 2h, 7d) nor an RFC 3339 time",
-          request.since()));
+      throw Error::BadRequest(
+          fmt::format("since \"{}\" is neither a duration (90s, 15m, 2h, 7d) nor an RFC 3339 time",
+                      request.since()));
     }
     q.since = *t;
   }
@@ -125,9 +126,9 @@ HistoryQuery ResolveQuery(const v1::QueryRequest& request, Clock::time_point now
   if (!request.until().empty()) {
     auto t = ParseTimeArg(request.until(), now);
     if (!t) {
-      throw Error::BadRequest(fmt::format(
-          "until \"{}\" is neither a duration (90s, 15m, 2h, 7d) nor an RFC 3339 time",
-          request.until()));
+      throw Error::BadRequest(
+          fmt::format("until \"{}\" is neither a duration (90s, 15m, 2h, 7d) nor an RFC 3339 time",
+                      request.until()));
     }
     q.until = *t;
   }
@@ -229,8 +230,10 @@ void LogsApp::MaintainPartitions() {
   // keeps to days_ahead after today. Older lines would be dropped with their day anyway; lines
   // further ahead (a clock far off) are stored on the last day (see Decode).
   const auto first = StartOfDayUtc(now - options_.retention) + std::chrono::hours(24);
-  const auto end = StartOfDayUtc(now) + std::chrono::hours(24) * (options_.partition_days_ahead + 1);
-  const int days = static_cast<int>(std::chrono::duration_cast<std::chrono::hours>(end - first).count() / 24);
+  const auto end =
+      StartOfDayUtc(now) + std::chrono::hours(24) * (options_.partition_days_ahead + 1);
+  const int days =
+      static_cast<int>(std::chrono::duration_cast<std::chrono::hours>(end - first).count() / 24);
   const int created = store_->EnsurePartitions(first, days);
   const int dropped = store_->DropExpired(now, options_.retention);
   if (created > 0 || dropped > 0) {
@@ -307,11 +310,10 @@ bool LogsApp::StoreOneByOne(const std::vector<StoredLine>& batch) {
         return false;
       }
       stats_.rejected++;
-      log::Error("dropped a log line the database refuses",
-                 {{"service", stored.line.service()},
-                  {"instance", stored.line.instance()},
-                  {"seq", stored.line.seq()},
-                  {"error", e.what()}});
+      log::Error("dropped a log line the database refuses", {{"service", stored.line.service()},
+                                                             {"instance", stored.line.instance()},
+                                                             {"seq", stored.line.seq()},
+                                                             {"error", e.what()}});
     }
   }
   return true;
@@ -341,8 +343,7 @@ void LogsApp::IngestLoop(int worker) {
       cc.ack_wait = std::chrono::seconds(30);
       cc.max_ack_pending = 200000;
       if (auto ec = js.PullSubscribe(loglines::kStreamName, cc, consumer)) {
-        log::Warn("cannot bind to the log stream's consumer; retrying",
-                  {{"error", ec.message()}});
+        log::Warn("cannot bind to the log stream's consumer; retrying", {{"error", ec.message()}});
         pause(std::chrono::seconds(1));
         continue;
       }
@@ -358,8 +359,8 @@ void LogsApp::IngestLoop(int worker) {
       store_->Insert(batch);
     } catch (const std::exception& e) {
       stats_.failures++;
-      if (db::Classify(e) == db::DbErrc::kUnavailable || db::Classify(e) == db::DbErrc::kPoolTimeout ||
-          db::Classify(e) == db::DbErrc::kInDoubt) {
+      if (db::Classify(e) == db::DbErrc::kUnavailable ||
+          db::Classify(e) == db::DbErrc::kPoolTimeout || db::Classify(e) == db::DbErrc::kInDoubt) {
         log::Error("storing log lines failed; they will be redelivered",
                    {{"lines", batch.size()}, {"error", e.what()}});
         for (const auto& m : messages) m.Nak();

@@ -43,7 +43,8 @@ LogsOptions OptionsFromConfig(const config::Values& values);
 ServiceOptions DefaultServiceOptions();
 
 // Resolves a QueryRequest (times, limit, cursor) against `now`; throws muon::Error 400.
-HistoryQuery ResolveQuery(const v1::QueryRequest& request, std::chrono::system_clock::time_point now);
+HistoryQuery ResolveQuery(const v1::QueryRequest& request,
+                          std::chrono::system_clock::time_point now);
 // "2h" (back from now) or an RFC 3339 time; nullopt when neither.
 std::optional<std::chrono::system_clock::time_point> ParseTimeArg(
     std::string_view text, std::chrono::system_clock::time_point now);

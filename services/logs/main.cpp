@@ -11,12 +11,12 @@ int main(int argc, char** argv) {
   muon::logs::AddOptions(spec);
   // Declared outside RunService so it outlives the Service that calls into it.
   std::unique_ptr<muon::logs::LogsApp> app;
-  return muon::RunService(
-      argc, argv, spec, muon::logs::DefaultServiceOptions(), [&app](muon::ServiceContext& ctx) {
-        app = std::make_unique<muon::logs::LogsApp>(muon::logs::OptionsFromConfig(ctx.config),
-                                                    ctx.bus);
-        app->Register(ctx.service);
-        app->Start();
-        ctx.on_shutdown.push_back([&app] { app->Stop(); });
-      });
+  return muon::RunService(argc, argv, spec, muon::logs::DefaultServiceOptions(),
+                          [&app](muon::ServiceContext& ctx) {
+                            app = std::make_unique<muon::logs::LogsApp>(
+                                muon::logs::OptionsFromConfig(ctx.config), ctx.bus);
+                            app->Register(ctx.service);
+                            app->Start();
+                            ctx.on_shutdown.push_back([&app] { app->Stop(); });
+                          });
 }

@@ -60,8 +60,8 @@ std::string ContainsPattern(std::string_view text) {
   return out;
 }
 
-constexpr const char* kColumns[] = {"ts",       "service",  "instance", "release",
-                                    "region",   "source",   "severity", "message",
+constexpr const char* kColumns[] = {"ts",        "service",  "instance", "release",
+                                    "region",    "source",   "severity", "message",
                                     "truncated", "trace_id", "seq",      "stream_seq"};
 
 void CopyRows(pqxx::work& tx, const std::string& table, const std::vector<StoredLine>& batch,
@@ -71,11 +71,10 @@ void CopyRows(pqxx::work& tx, const std::string& table, const std::vector<Stored
     if (only_redelivered && !stored.redelivered) continue;
     if (skip_redelivered && stored.redelivered) continue;
     const auto& l = stored.line;
-    copy << std::make_tuple(FormatTimestamp(LineMicros(l)), l.service(), l.instance(), l.release(),
-                            l.region(), static_cast<int>(l.source()),
-                            static_cast<int>(l.severity()), l.message(), l.truncated(),
-                            l.trace_id(), static_cast<int64_t>(l.seq()),
-                            static_cast<int64_t>(l.stream_seq()));
+    copy << std::make_tuple(
+        FormatTimestamp(LineMicros(l)), l.service(), l.instance(), l.release(), l.region(),
+        static_cast<int>(l.source()), static_cast<int>(l.severity()), l.message(), l.truncated(),
+        l.trace_id(), static_cast<int64_t>(l.seq()), static_cast<int64_t>(l.stream_seq()));
   }
   copy.complete();
 }
@@ -124,8 +123,7 @@ size_t PgStore::Insert(const std::vector<StoredLine>& batch) {
     CopyRows(tx, "logs.lines", batch, false, true);
     size_t written = batch.size();
     if (any_redelivered) {
-      tx.exec0(
-          "CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE logs.lines) ON COMMIT DELETE ROWS");
+      tx.exec0("CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE logs.lines) ON COMMIT DELETE ROWS");
       CopyRows(tx, "incoming", batch, true, false);
       const auto r = tx.exec0(
           "INSERT INTO logs.lines SELECT i.* FROM incoming i WHERE NOT EXISTS ("
@@ -208,8 +206,8 @@ HistoryPage PgStore::Query(const HistoryQuery& q) {
 int PgStore::EnsurePartitions(Clock::time_point first, int days) {
   return pool_.Run([&](pqxx::connection& c) {
     pqxx::work tx(c);
-    const auto r = tx.exec_params1("SELECT logs.ensure_partitions($1::date, $2)",
-                                   FormatDate(first), days);
+    const auto r =
+        tx.exec_params1("SELECT logs.ensure_partitions($1::date, $2)", FormatDate(first), days);
     tx.commit();
     return r[0].as<int>();
   });

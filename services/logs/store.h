@@ -38,7 +38,7 @@ std::string EncodeCursor(const HistoryQuery::Cursor& cursor);
 std::optional<HistoryQuery::Cursor> DecodeCursor(std::string_view text);
 
 struct StoredLine {
-  v1::LogLine line;  // stream_seq set
+  v1::LogLine line;          // stream_seq set
   bool redelivered = false;  // JetStream delivered it before: it may be stored already
 };
 
@@ -66,8 +66,7 @@ class PgStore : public Store {
   size_t Insert(const std::vector<StoredLine>& batch) override;
   HistoryPage Query(const HistoryQuery& query) override;
   int EnsurePartitions(std::chrono::system_clock::time_point first, int days) override;
-  int DropExpired(std::chrono::system_clock::time_point now,
-                  std::chrono::hours retention) override;
+  int DropExpired(std::chrono::system_clock::time_point now, std::chrono::hours retention) override;
 
  private:
   db::Pool pool_;

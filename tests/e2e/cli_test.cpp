@@ -68,11 +68,11 @@ class LocalStack {
   // Runs COMMAND under muon-run (the node runtime's output capture) as <service>/<instance>.
   muon::RunResult RunCaptured(const std::string& service, const std::string& instance,
                               const std::string& shell_command) {
-    return muon::RunCommand({.program = muon::testing::BinDir() + "/muon-run",
-                             .args = {"--server", "nats://127.0.0.1:" + env_.at("MUON_NATS_PORT"),
-                                      "--service", service, "--instance", instance, "--", "/bin/sh",
-                                      "-c", shell_command}},
-                            30s);
+    return muon::RunCommand(
+        {.program = muon::testing::BinDir() + "/muon-run",
+         .args = {"--server", "nats://127.0.0.1:" + env_.at("MUON_NATS_PORT"), "--service", service,
+                  "--instance", instance, "--", "/bin/sh", "-c", shell_command}},
+        30s);
   }
 
  private:

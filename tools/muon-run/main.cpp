@@ -16,7 +16,8 @@
 
 namespace {
 
-constexpr const char* kUsage = R"(usage: muon-run --service S --instance I [options] -- COMMAND [ARGS...]
+constexpr const char* kUsage =
+    R"(usage: muon-run --service S --instance I [options] -- COMMAND [ARGS...]
 
 options:
   --service S      service the lines belong to (required)

@@ -118,12 +118,18 @@ bus::StreamConfig StreamConfig(std::chrono::seconds max_age, int64_t max_bytes) 
 
 std::string_view SeverityName(Severity severity) {
   switch (severity) {
-    case logs::v1::SEVERITY_DEBUG: return "debug";
-    case logs::v1::SEVERITY_INFO: return "info";
-    case logs::v1::SEVERITY_WARN: return "warn";
-    case logs::v1::SEVERITY_ERROR: return "error";
-    case logs::v1::SEVERITY_FATAL: return "fatal";
-    default: return "";
+    case logs::v1::SEVERITY_DEBUG:
+      return "debug";
+    case logs::v1::SEVERITY_INFO:
+      return "info";
+    case logs::v1::SEVERITY_WARN:
+      return "warn";
+    case logs::v1::SEVERITY_ERROR:
+      return "error";
+    case logs::v1::SEVERITY_FATAL:
+      return "fatal";
+    default:
+      return "";
   }
 }
 
@@ -138,11 +144,16 @@ std::optional<Severity> ParseSeverityName(std::string_view name) {
 
 std::string_view SourceName(Source source) {
   switch (source) {
-    case logs::v1::SOURCE_APP: return "app";
-    case logs::v1::SOURCE_SYSTEM: return "system";
-    case logs::v1::SOURCE_BUILD: return "build";
-    case logs::v1::SOURCE_PLATFORM: return "platform";
-    default: return "";
+    case logs::v1::SOURCE_APP:
+      return "app";
+    case logs::v1::SOURCE_SYSTEM:
+      return "system";
+    case logs::v1::SOURCE_BUILD:
+      return "build";
+    case logs::v1::SOURCE_PLATFORM:
+      return "platform";
+    default:
+      return "";
   }
 }
 
@@ -185,11 +196,16 @@ Severity DetectSeverity(std::string_view message, bool from_stderr) {
                   [](char c) { return std::isdigit(static_cast<unsigned char>(c)); }) &&
       line[5] == ' ') {
     switch (line[0]) {
-      case 'D': return logs::v1::SEVERITY_DEBUG;
-      case 'I': return logs::v1::SEVERITY_INFO;
-      case 'W': return logs::v1::SEVERITY_WARN;
-      case 'E': return logs::v1::SEVERITY_ERROR;
-      default: return logs::v1::SEVERITY_FATAL;
+      case 'D':
+        return logs::v1::SEVERITY_DEBUG;
+      case 'I':
+        return logs::v1::SEVERITY_INFO;
+      case 'W':
+        return logs::v1::SEVERITY_WARN;
+      case 'E':
+        return logs::v1::SEVERITY_ERROR;
+      default:
+        return logs::v1::SEVERITY_FATAL;
     }
   }
   return fallback;
@@ -346,8 +362,8 @@ void Shipper::EmitFrom(Source source, Severity severity, std::string message) {
   EmitImpl(source, severity, std::move(message), {}, std::chrono::system_clock::now());
 }
 
-void Shipper::EmitImpl(Source source, Severity severity, std::string message,
-                       std::string trace_id, std::chrono::system_clock::time_point now) {
+void Shipper::EmitImpl(Source source, Severity severity, std::string message, std::string trace_id,
+                       std::chrono::system_clock::time_point now) {
   logs::v1::LogLine line;
   const int64_t ns =
       std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
@@ -407,8 +423,8 @@ void Shipper::OnPublishError(jsCtx*, jsPubAckErr* error, void* closure) {
   natsMsgHeader_Get(error->Msg, bus::kHeaderMsgId, &id);
   if (id == nullptr) return;
   const std::string_view id_view(id);
-  const uint64_t seq = std::strtoull(std::string(id_view.substr(id_view.rfind('.') + 1)).c_str(),
-                                     nullptr, 10);
+  const uint64_t seq =
+      std::strtoull(std::string(id_view.substr(id_view.rfind('.') + 1)).c_str(), nullptr, 10);
   Pending p{seq, std::string(natsMsg_GetData(error->Msg),
                              static_cast<size_t>(natsMsg_GetDataLength(error->Msg)))};
   std::lock_guard lock(self->mu_);
@@ -452,8 +468,8 @@ bool Shipper::Flush(std::chrono::milliseconds timeout) {
     bool handed_over;
     {
       std::lock_guard lock(mu_);
-      handed_over = queue_.empty() && retry_.empty() &&
-                    published_through_.load() + 1 >= next_seq_.load();
+      handed_over =
+          queue_.empty() && retry_.empty() && published_through_.load() + 1 >= next_seq_.load();
     }
     if (handed_over) {
       jsPubOptions po;
@@ -474,10 +490,18 @@ bool Shipper::Flush(std::chrono::milliseconds timeout) {
 void ShipperSink::Write(const log::Record& record) {
   Severity severity = logs::v1::SEVERITY_INFO;
   switch (record.level) {
-    case log::Level::kDebug: severity = logs::v1::SEVERITY_DEBUG; break;
-    case log::Level::kInfo: severity = logs::v1::SEVERITY_INFO; break;
-    case log::Level::kWarn: severity = logs::v1::SEVERITY_WARN; break;
-    case log::Level::kError: severity = logs::v1::SEVERITY_ERROR; break;
+    case log::Level::kDebug:
+      severity = logs::v1::SEVERITY_DEBUG;
+      break;
+    case log::Level::kInfo:
+      severity = logs::v1::SEVERITY_INFO;
+      break;
+    case log::Level::kWarn:
+      severity = logs::v1::SEVERITY_WARN;
+      break;
+    case log::Level::kError:
+      severity = logs::v1::SEVERITY_ERROR;
+      break;
   }
   std::string trace_id;
   for (const auto& f : record.fields) {

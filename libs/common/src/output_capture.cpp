@@ -51,9 +51,9 @@ CapturedProcess::CapturedProcess(bus::Connection& connection, CaptureOptions opt
   out.write = -1;
   ::close(err.write);
   err.write = -1;
-  shipper_->EmitFrom(logs::v1::SOURCE_SYSTEM, logs::v1::SEVERITY_INFO,
-                     "started " + options_.process.program + " (pid " +
-                         std::to_string(process_.pid()) + ")");
+  shipper_->EmitFrom(
+      logs::v1::SOURCE_SYSTEM, logs::v1::SEVERITY_INFO,
+      "started " + options_.process.program + " (pid " + std::to_string(process_.pid()) + ")");
   const int out_fd = std::exchange(out.read, -1);
   const int err_fd = std::exchange(err.read, -1);
   reader_ = std::thread([this, out_fd, err_fd] { Pump(out_fd, err_fd); });

@@ -110,8 +110,8 @@ struct RulesDeleteCmd {
 
 using Command =
     std::variant<HelpCmd, VersionCmd, EnvListCmd, EnvAddCmd, EnvUseCmd, EnvRemoveCmd, LoginCmd,
-                 LogoutCmd, WhoamiCmd, TokenCmd, SignupCmd, PasswdCmd, CallCmd, ServicesCmd, LogsCmd,
-                 AccountsListCmd, AccountsSetDisabledCmd, InvitesListCmd, InvitesCreateCmd,
+                 LogoutCmd, WhoamiCmd, TokenCmd, SignupCmd, PasswdCmd, CallCmd, ServicesCmd,
+                 LogsCmd, AccountsListCmd, AccountsSetDisabledCmd, InvitesListCmd, InvitesCreateCmd,
                  RulesListCmd, RulesAddCmd, RulesDeleteCmd>;
 
 struct Invocation {

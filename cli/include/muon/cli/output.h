@@ -8,12 +8,11 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "muon/logs/v1/logs.pb.h"
-#include <string_view>
-#include <vector>
 
 namespace muon::cli {
 

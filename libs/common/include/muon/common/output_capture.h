@@ -15,8 +15,8 @@
 namespace muon {
 
 struct CaptureOptions {
-  ProcessOptions process;         // stdout_fd / stderr_fd are set by the capture
-  loglines::ShipperOptions log;   // service, instance, release, region (source is set per line)
+  ProcessOptions process;        // stdout_fd / stderr_fd are set by the capture
+  loglines::ShipperOptions log;  // service, instance, release, region (source is set per line)
   size_t max_line_bytes = loglines::kDefaultMaxMessageBytes;  // longer lines are cut (truncated)
   std::vector<std::string> secrets;  // values masked in every line (the service's secrets)
 };
