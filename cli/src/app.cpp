@@ -159,10 +159,14 @@ class App {
     return options;
   }
 
-  HttpResponse Send(const Endpoint& ep, const HttpRequest& request, milliseconds timeout) {
+  // on_body_piece: stream a 2xx body (server-sent events) instead of collecting it.
+  HttpResponse Send(const Endpoint& ep, const HttpRequest& request, milliseconds timeout,
+                    std::function<bool(std::string_view)> on_body_piece = {}) {
     const std::string url = ep.url.ToString();
     try {
-      return cli::Send(ep.url, request, ClientOptions(timeout));
+      HttpClientOptions options = ClientOptions(timeout);
+      options.on_body_piece = std::move(on_body_piece);
+      return cli::Send(ep.url, request, options);
     } catch (const TransportError& e) {
       switch (e.kind()) {
         case TransportError::Kind::kConnect:
@@ -839,10 +843,9 @@ class App {
     request.target = target;
     request.headers = {{"Accept", "text/event-stream"},
                        {"Authorization", "Bearer " + access_token}};
-    HttpClientOptions options = ClientOptions(ctx_.default_timeout);
     std::string buffer;
     std::optional<CliError> failure;
-    options.on_body_piece = [&](std::string_view piece) {
+    auto on_piece = [&](std::string_view piece) {
       buffer.append(piece);
       for (auto& [type, data] : TakeSseEvents(buffer)) {
         if (type == "line") {
@@ -859,7 +862,7 @@ class App {
       ctx_.out.flush();
       return true;
     };
-    const HttpResponse response = cli::Send(ep.url, request, options);
+    const HttpResponse response = Send(ep, request, ctx_.default_timeout, on_piece);
     Expect2xx(response, ep);
     if (failure) throw *failure;
     throw CliError(kExitUnavailable,

@@ -396,6 +396,10 @@ LogsCmd BuildLogs(const Parsed& p, const std::string& service, const std::string
   if (cmd.follow && !cmd.until.empty()) {
     throw UsageError("--until cannot be combined with -f (following has no end)", usage);
   }
+  if (cmd.follow && !cmd.since.empty()) {
+    throw UsageError("--since cannot be combined with -f; -n N sets how many recent lines come first",
+                     usage);
+  }
   cmd.grep = p.Get("grep");
   if (p.Has("lines")) {
     const std::string n = p.Get("lines");

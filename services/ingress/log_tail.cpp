@@ -59,9 +59,6 @@ TailRequest ParseTailRequest(std::string_view target) {
           "unknown parameter {}; use service, instance, release, source, severity, grep, n", key));
     }
   }
-  if (r.filter.instance().size() > 0 && r.filter.service().empty()) {
-    throw Error::BadRequest("instance needs service");
-  }
   return r;
 }
 

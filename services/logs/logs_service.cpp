@@ -229,7 +229,7 @@ void LogsApp::MaintainPartitions() {
   // Every day a line may still be stored for has a partition: from the first day the retention
   // keeps to days_ahead after today. Older lines would be dropped with their day anyway; lines
   // further ahead (a clock far off) are stored on the last day (see Decode).
-  const auto first = StartOfDayUtc(now - options_.retention) + std::chrono::hours(24);
+  const auto first = StartOfDayUtc(now - options_.retention);
   const auto end =
       StartOfDayUtc(now) + std::chrono::hours(24) * (options_.partition_days_ahead + 1);
   const int days =

@@ -123,10 +123,14 @@ size_t PgStore::Insert(const std::vector<StoredLine>& batch) {
     CopyRows(tx, "logs.lines", batch, false, true);
     size_t written = batch.size();
     if (any_redelivered) {
+      // Two replicas (or workers) handling redeliveries of the same line at once would both miss
+      // the other's uncommitted row: they take turns (only redelivered batches pay for this).
+      tx.exec0("SELECT pg_advisory_xact_lock(hashtext('logs.redelivery'))");
       tx.exec0("CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE logs.lines) ON COMMIT DELETE ROWS");
       CopyRows(tx, "incoming", batch, true, false);
       const auto r = tx.exec0(
-          "INSERT INTO logs.lines SELECT i.* FROM incoming i WHERE NOT EXISTS ("
+          "INSERT INTO logs.lines SELECT DISTINCT ON (i.service, i.instance, i.seq, i.ts) i.*"
+          " FROM incoming i WHERE NOT EXISTS ("
           " SELECT 1 FROM logs.lines l WHERE l.service = i.service AND l.ts = i.ts"
           " AND l.instance = i.instance AND l.seq = i.seq)");
       size_t redelivered = 0;

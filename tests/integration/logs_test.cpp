@@ -766,6 +766,13 @@ TEST_CASE("muon-logs killed with -9 while 100,000 lines are in flight stores eac
   const auto totals = sql.Rows(
       "SELECT count(*), count(DISTINCT (instance, seq)), count(DISTINCT stream_seq) "
       "FROM logs.lines WHERE service = 'load'");
+  // On a failure, show the lines stored more than once.
+  for (const auto& row : sql.Rows(
+           "SELECT instance, seq, stream_seq, ts::text, count(*) FROM logs.lines WHERE service = "
+           "'load' GROUP BY 1, 2, 3, 4 HAVING count(*) > 1 LIMIT 5")) {
+    UNSCOPED_INFO("stored twice: " << row[0].c_str() << " seq " << row[1].c_str() << " stream seq "
+                                   << row[2].c_str() << " ts " << row[3].c_str());
+  }
   CHECK(totals[0][0].as<int64_t>() == kTotal);
   CHECK(totals[0][1].as<int64_t>() == kTotal);
   CHECK(totals[0][2].as<int64_t>() == kTotal);

@@ -262,6 +262,7 @@ TEST_CASE("subjects and subject tokens", "[log_lines]") {
   CHECK(FilterSubject("", "") == "muon.log.>");
   CHECK(FilterSubject("greeter", "") == "muon.log.greeter.*");
   CHECK(FilterSubject("greeter", "i-3") == "muon.log.greeter.i-3");
+  CHECK(FilterSubject("", "b-17") == "muon.log.*.b-17");
 
   CHECK(IsValidToken("a"));
   CHECK(IsValidToken("AZaz09_-"));

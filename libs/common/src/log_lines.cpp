@@ -1,10 +1,12 @@
 #include "muon/common/log_lines.h"
 
+#include <fmt/format.h>
 #include <google/protobuf/util/time_util.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
+#include <random>
 #include <stdexcept>
 
 namespace muon::loglines {
@@ -101,7 +103,7 @@ std::string Subject(std::string_view service, std::string_view instance) {
 
 std::string FilterSubject(std::string_view service, std::string_view instance) {
   std::string s(kSubjectPrefix);
-  if (service.empty()) return s + ">";
+  if (service.empty()) return instance.empty() ? s + ">" : s.append("*.").append(instance);
   s.append(service).append(".");
   if (instance.empty()) return s + "*";
   return s.append(instance);
@@ -324,6 +326,10 @@ Shipper::Shipper(bus::Connection& connection, ShipperOptions options)
       subject_(Subject(options_.service, options_.instance)),
       next_seq_(options_.first_seq == 0 ? 1 : options_.first_seq),
       published_through_(next_seq_.load() - 1) {
+  // The boot nonce keeps a restarted emitter that reuses its instance id (and so numbers from 1
+  // again) from having its first lines dropped as repeats of the previous run's.
+  message_id_prefix_ = fmt::format("{}.{}.{:08x}.", options_.service, options_.instance,
+                                   static_cast<uint32_t>(std::random_device{}()));
   jsOptions jo;
   jsOptions_Init(&jo);
   jo.PublishAsync.MaxPending = 4096;
@@ -404,7 +410,7 @@ void Shipper::PublishOne(const Pending& p) {
                      static_cast<int>(p.data.size())) != NATS_OK) {
     return;
   }
-  const std::string id = options_.service + "." + options_.instance + "." + std::to_string(p.seq);
+  const std::string id = message_id_prefix_ + std::to_string(p.seq);
   jsPubOptions po;
   jsPubOptions_Init(&po);
   po.MsgId = id.c_str();

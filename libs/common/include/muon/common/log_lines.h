@@ -9,7 +9,7 @@
 //
 // Subjects: muon.log.<service>.<instance>, stream LOGS (limits retention, sized by muon-logs).
 // Every line carries a per-instance sequence number, and is published with
-// Nats-Msg-Id "<service>.<instance>.<seq>" so a publish retried after a lost ack is stored once.
+// Nats-Msg-Id "<service>.<instance>.<boot nonce>.<seq>" so a publish retried after a lost ack is stored once.
 
 #include <atomic>
 #include <chrono>
@@ -37,7 +37,7 @@ bool IsValidToken(std::string_view token);
 // muon.log.<service>.<instance>; throws std::invalid_argument for tokens that are not valid.
 std::string Subject(std::string_view service, std::string_view instance);
 // The subject a reader subscribes to: every instance of `service` when `instance` is empty, every
-// service when both are.
+// service when both are, an instance id under any service when only `instance` is set.
 std::string FilterSubject(std::string_view service, std::string_view instance);
 
 bus::StreamConfig StreamConfig(std::chrono::seconds max_age, int64_t max_bytes);
@@ -125,6 +125,7 @@ class Shipper {
   bus::Connection& connection_;
   ShipperOptions options_;
   std::string subject_;
+  std::string message_id_prefix_;  // "<service>.<instance>.<boot nonce>."
   jsCtx* js_ = nullptr;
   std::atomic<uint64_t> next_seq_;
   std::atomic<uint64_t> published_through_;  // highest seq handed to nats.c
