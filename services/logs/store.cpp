@@ -125,7 +125,7 @@ size_t PgStore::Insert(const std::vector<StoredLine>& batch) {
     if (any_redelivered) {
       // Two replicas (or workers) handling redeliveries of the same line at once would both miss
       // the other's uncommitted row: they take turns (only redelivered batches pay for this).
-      tx.exec0("SELECT pg_advisory_xact_lock(hashtext('logs.redelivery'))");
+      tx.exec("SELECT pg_advisory_xact_lock(hashtext('logs.redelivery'))");
       tx.exec0("CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE logs.lines) ON COMMIT DELETE ROWS");
       CopyRows(tx, "incoming", batch, true, false);
       const auto r = tx.exec0(
