@@ -275,7 +275,7 @@ TEST_CASE("ParseDuration", "[config][duration]") {
       {"1m30", std::nullopt},
       {"-5s", std::nullopt},
       {"+5s", std::nullopt},
-      {"5d", std::nullopt},
+      {"5d", 5 * 24h},
       {"5S", std::nullopt},
       {"5 s", std::nullopt},
       {" 5s", std::nullopt},

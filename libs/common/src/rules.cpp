@@ -37,7 +37,7 @@ bool IsEndpointPattern(std::string_view pattern) {
   if (pattern.empty() || pattern.size() > kMaxEndpointLength) return false;
   return std::all_of(pattern.begin(), pattern.end(), [](char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-           c == '-' || c == '*';
+           c == '-' || c == '*' || c == '.';
   });
 }
 
@@ -112,7 +112,7 @@ std::optional<std::string> Validate(const auth::v1::Rule& rule) {
   }
   if (!IsEndpointPattern(rule.endpoint())) {
     return fmt::format(
-        "endpoint \"{}\" must be a method name or pattern of A-Z, a-z, 0-9, '_', '-' and '*'",
+        "endpoint \"{}\" must be a method name or pattern of A-Z, a-z, 0-9, '_', '-', '.' and '*'",
         rule.endpoint());
   }
   if (rule.effect() != "allow" && rule.effect() != "deny") {
