@@ -78,7 +78,6 @@ struct Args {
   int64_t max_pending = 4096;  // per publisher, as the Shipper
   double publish_rate = 0;     // lines/s in total; 0 = as fast as the stream acknowledges
   bool publish_asap = false;
-  bool consumer_without_filter = false;
   std::string muon_logs;  // the muon-logs binary; empty: build/bin's
   int64_t rows = 10'000'000;
   int query_runs = 20;
@@ -99,9 +98,6 @@ void Usage(FILE* out) {
              "  --max-pending N      js async publishes in flight per publisher (default 4096)\n"
              "  --publish-rate R     total lines/s to publish; 0 = as fast as acked (default 0)\n"
              "  --publish-asap       publishers send every message at once (SendAsap)\n"
-             "  --consumer-without-filter  experiment: create muon-logs' durable consumer first,\n"
-             "                       without its filter subject (muon.log.>, the stream's only\n"
-             "                       subject); muon-logs binds to it\n"
              "  --muon-logs PATH     run this muon-logs binary (e.g. a sanitizer build)\n"
              "  --rows N             lines stored for the queries (default 10000000)\n"
              "  --query-runs N       timed runs per query and path (default 20)\n"
@@ -141,8 +137,6 @@ Args ParseArgs(int argc, char** argv) {
       a.publish_asap = true;
     } else if (arg == "--muon-logs") {
       a.muon_logs = value();
-    } else if (arg == "--consumer-without-filter") {
-      a.consumer_without_filter = true;
     } else if (arg == "--rows") {
       a.rows = std::stoll(value());
     } else if (arg == "--query-runs") {
@@ -687,27 +681,6 @@ IngestResult RunIngest(const Args& a, muon::testing::NatsServer& nats, const std
   auto control = muon::bus::Connection::Connect({.url = nats.url(), .name = "bench-control"});
   if (!control->WaitConnected(5s)) throw std::runtime_error("cannot connect to nats-server");
   muon::bus::JetStream js(*control);
-  if (a.consumer_without_filter) {
-    // The stream as muon-logs creates it (its defaults), and its durable consumer "logs" as
-    // IngestLoop asks for it but without filter_subject; js_PullSubscribe then binds to it.
-    if (auto ec = js.EnsureStream(
-            muon::loglines::StreamConfig(std::chrono::hours(24 * 7), int64_t(8192) << 20))) {
-      throw std::runtime_error("cannot create the LOGS stream: " + ec.message());
-    }
-    jsConsumerConfig cc;
-    jsConsumerConfig_Init(&cc);
-    cc.Durable = "logs";
-    cc.AckPolicy = js_AckExplicit;
-    cc.AckWait = std::chrono::nanoseconds(30s).count();
-    cc.MaxAckPending = 200000;
-    jsConsumerInfo* info = nullptr;
-    jsErrCode code = static_cast<jsErrCode>(0);
-    if (js_AddConsumer(&info, js.raw(), "LOGS", &cc, nullptr, &code) != NATS_OK) {
-      throw std::runtime_error(
-          fmt::format("cannot create the consumer (js error {})", static_cast<int>(code)));
-    }
-    jsConsumerInfo_Destroy(info);
-  }
   const std::string log_file = work_dir + "/muon-logs.log";
   muon::Process logs(
       {.program = a.muon_logs.empty() ? muon::testing::BinDir() + "/muon-logs" : a.muon_logs,
@@ -753,11 +726,10 @@ IngestResult RunIngest(const Args& a, muon::testing::NatsServer& nats, const std
   auto since_start = [&] { return std::chrono::duration<double>(Clock::now() - start).count(); };
 
   fmt::print(
-      "ingest: muon-logs with {} workers, batch {}{}{}; {} publisher(s), MaxPending {}, "
+      "ingest: muon-logs with {} workers, batch {}{}; {} publisher(s), MaxPending {}, "
       "{}, {}; {} s ({} s warm-up)\n",
-      a.workers, a.batch, a.batch_wait.empty() ? "" : ", batch wait " + a.batch_wait,
-      a.consumer_without_filter ? ", consumer WITHOUT filter subject (experiment)" : "",
-      a.publishers, a.max_pending,
+      a.workers, a.batch, a.batch_wait.empty() ? "" : ", batch wait " + a.batch_wait, a.publishers,
+      a.max_pending,
       a.publish_rate > 0 ? fmt::format("{} lines/s", Thousands(a.publish_rate))
                          : std::string("unpaced"),
       a.publish_asap ? "SendAsap" : "buffered", a.ingest_seconds, a.warmup_seconds);

@@ -6,6 +6,8 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/ssl.hpp>
 #include <deque>
+#include <mutex>
+#include <utility>
 
 #include "muon/common/log.h"
 
@@ -17,26 +19,63 @@ using tcp = asio::ip::tcp;
 
 namespace {
 
+constexpr size_t kMaxChunkBytes = 64 * 1024;
+
 // The thread-safe face of a session that streams its response.
 class SessionStream : public ResponseStream {
  public:
-  std::function<void(std::string)> send;
-  std::function<void()> end;
-  std::atomic<bool> closed{false};
-  std::atomic<size_t> backlog{0};
+  // Wakes the connection's worker to take the outbox (posted at most once until taken).
+  std::function<void()> wake;
   boost::asio::io_context* context = nullptr;
 
   boost::asio::io_context& io() override { return *context; }
+  // Pieces go through one queue whatever thread sends them, so they reach the client in the
+  // order Send was called: posting each piece to the worker would let a piece sent from another
+  // thread overtake those sent by a handler still running on the worker.
   void Send(std::string piece) override {
-    if (closed) return;
-    backlog += piece.size();
-    send(std::move(piece));
+    if (closed_) return;
+    Enqueue([&] {
+      backlog_ += piece.size();
+      outbox_.push_back(std::move(piece));
+    });
   }
   void End() override {
-    if (!closed.exchange(true)) end();
+    if (closed_.exchange(true)) return;
+    Enqueue([&] { end_requested_ = true; });
   }
-  bool Closed() const override { return closed.load(); }
-  size_t Backlog() const override { return backlog.load(); }
+  bool Closed() const override { return closed_.load(); }
+  size_t Backlog() const override { return backlog_.load(); }
+
+  // Worker side.
+  void MarkClosed() { closed_ = true; }
+  void Written(size_t bytes) { backlog_ -= bytes; }
+  // Moves what was sent since the last call to `into`; true once End was called.
+  bool TakeOutbox(std::deque<std::string>& into) {
+    std::lock_guard lock(mutex_);
+    wake_pending_ = false;
+    for (auto& piece : outbox_) into.push_back(std::move(piece));
+    outbox_.clear();
+    return end_requested_;
+  }
+
+ private:
+  template <typename F>
+  void Enqueue(F&& change) {
+    bool post = false;
+    {
+      std::lock_guard lock(mutex_);
+      change();
+      post = !std::exchange(wake_pending_, true);
+    }
+    if (post) wake();
+  }
+
+  std::atomic<bool> closed_{false};
+  std::atomic<size_t> backlog_{0};
+  std::mutex mutex_;
+  std::deque<std::string> outbox_;
+  bool end_requested_ = false;
+  bool wake_pending_ = false;
 };
 
 // One connection. Stream is beast::tcp_stream or beast::ssl_stream<beast::tcp_stream>.
@@ -54,7 +93,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     server_.connection_counter()++;
   }
   ~Session() {
-    if (auto handle = stream_handle_.lock()) handle->closed = true;
+    if (auto handle = stream_handle_.lock()) handle->MarkClosed();
     if (counted_) server_.in_flight_counter()--;
     server_.connection_counter()--;
   }
@@ -126,14 +165,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     auto stream = std::make_shared<SessionStream>();
     stream->context = &io;
     std::weak_ptr<Session> weak = this->shared_from_this();
-    stream->send = [weak, &io](std::string piece) {
-      asio::post(io, [weak, piece = std::move(piece)]() mutable {
-        if (auto self = weak.lock()) self->QueuePiece(std::move(piece), false);
-      });
-    };
-    stream->end = [weak, &io] {
+    stream->wake = [weak, &io] {
       asio::post(io, [weak] {
-        if (auto self = weak.lock()) self->QueuePiece({}, true);
+        if (auto self = weak.lock()) self->TakeOutbox();
       });
     };
     stream_handle_ = stream;
@@ -178,13 +212,10 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
                             });
   }
 
-  void QueuePiece(std::string piece, bool last) {
-    if (stream_done_) return;
-    if (last) {
-      stream_ending_ = true;
-    } else {
-      pieces_.push_back(std::move(piece));
-    }
+  void TakeOutbox() {
+    auto handle = stream_handle_.lock();
+    if (!handle || stream_done_) return;
+    if (handle->TakeOutbox(pieces_)) stream_ending_ = true;
     if (!writing_ && stream_serializer_ && stream_serializer_->is_header_done()) WriteNextPiece();
   }
 
@@ -201,14 +232,19 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
                         });
       return;
     }
+    // Everything queued goes out as one chunk: a busy tail costs one write, not one per line.
     current_piece_ = std::move(pieces_.front());
     pieces_.pop_front();
+    while (!pieces_.empty() && current_piece_.size() < kMaxChunkBytes) {
+      current_piece_ += pieces_.front();
+      pieces_.pop_front();
+    }
     writing_ = true;
     asio::async_write(stream_, http::make_chunk(asio::buffer(current_piece_)),
                       [self = this->shared_from_this()](beast::error_code ec, size_t) {
                         self->writing_ = false;
                         if (auto handle = self->stream_handle_.lock()) {
-                          handle->backlog -= self->current_piece_.size();
+                          handle->Written(self->current_piece_.size());
                         }
                         if (ec) return self->StreamFailed();
                         self->WriteNextPiece();
@@ -216,7 +252,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   }
 
   void StreamFailed() {
-    if (auto handle = stream_handle_.lock()) handle->closed = true;
+    if (auto handle = stream_handle_.lock()) handle->MarkClosed();
     if (stream_done_) return;
     stream_done_ = true;
     pieces_.clear();

@@ -82,7 +82,6 @@ std::error_code LogTail::Start(const logs::v1::QueryResponse& history) {
   watermark_ = history.committed_through();
   for (int i = history.lines_size() - 1; i >= 0; --i) {
     const auto& line = history.lines(i);
-    if (line.stream_seq() > watermark_) shown_.insert(line.stream_seq());
     out_->Send(SseLineEvent(line));
   }
   // A comment marks the seam: clients (and tests) can tell the live part has begun.
@@ -108,7 +107,6 @@ void LogTail::OnLive(bus::Msg& msg) {
   const auto delivery = bus::ParseJsDelivery(msg.reply());
   if (!delivery) return;
   if (delivery->stream_sequence <= watermark_) return;
-  if (!shown_.empty() && shown_.erase(delivery->stream_sequence) > 0) return;
   logs::v1::LogLine line;
   if (!line.ParseFromArray(msg.data().data(), static_cast<int>(msg.data().size()))) return;
   line.set_stream_seq(delivery->stream_sequence);

@@ -9,7 +9,6 @@
 #include <boost/asio/steady_timer.hpp>
 #include <memory>
 #include <string>
-#include <unordered_set>
 
 #include "http_server.h"
 #include "muon/common/bus.h"
@@ -47,7 +46,6 @@ class LogTail : public std::enable_shared_from_this<LogTail> {
   bus::Connection& connection_;
   std::shared_ptr<ResponseStream> out_;
   boost::asio::steady_timer timer_;
-  std::unordered_set<uint64_t> shown_;  // stream sequences above the watermark already sent
   uint64_t watermark_ = 0;
   bus::Subscription live_;
   int ticks_ = 0;

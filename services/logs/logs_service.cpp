@@ -189,16 +189,18 @@ void LogsApp::Register(Service& service, bool authorize) {
 }
 
 v1::QueryResponse LogsApp::Query(const v1::QueryRequest& request) {
-  const HistoryQuery query = ResolveQuery(request, Clock::now());
+  HistoryQuery query = ResolveQuery(request, Clock::now());
   v1::QueryResponse response;
   // The watermark is read before the query: every line at or below it is in the result set's
-  // snapshot, so a tail that starts right after it misses nothing.
+  // snapshot, and the result holds none above it, so a tail that continues from the stream
+  // right after it shows every line once and in stream order.
   if (request.want_watermark()) {
     uint64_t floor = 0;
     if (auto ec = js_->AckFloor(loglines::kStreamName, kDurable, floor); ec) {
       throw Error::Unavailable("the log stream's consumer is not reachable: " + ec.message());
     }
     response.set_committed_through(floor);
+    query.max_stream_seq = floor;
   }
   HistoryPage page = store_->Query(query);
   for (auto& line : page.lines) *response.add_lines() = std::move(line);
@@ -339,7 +341,9 @@ void LogsApp::IngestLoop(int worker) {
     if (!consumer.Valid()) {
       bus::ConsumerConfig cc;
       cc.durable = kDurable;
-      cc.filter_subject = std::string(loglines::kSubjectPrefix) + ">";
+      // No filter_subject: the stream holds only log lines, and a filtered consumer makes
+      // nats-server count the filtered pending messages on every pull (measured: a backlog of
+      // 1M lines drained in 130 s with the filter, 1.1 s without).
       cc.ack_wait = std::chrono::seconds(30);
       cc.max_ack_pending = 200000;
       if (auto ec = js.PullSubscribe(loglines::kStreamName, cc, consumer)) {
@@ -363,7 +367,7 @@ void LogsApp::IngestLoop(int worker) {
           db::Classify(e) == db::DbErrc::kPoolTimeout || db::Classify(e) == db::DbErrc::kInDoubt) {
         log::Error("storing log lines failed; they will be redelivered",
                    {{"lines", batch.size()}, {"error", e.what()}});
-        for (const auto& m : messages) m.Nak();
+        for (const auto& m : messages) consumer.Nak(m);
         pause(std::chrono::seconds(1));
         continue;
       }
@@ -372,12 +376,12 @@ void LogsApp::IngestLoop(int worker) {
       log::Warn("a batch of log lines was refused; storing it line by line",
                 {{"lines", batch.size()}, {"error", e.what()}});
       if (!StoreOneByOne(batch)) {
-        for (const auto& m : messages) m.Nak();
+        for (const auto& m : messages) consumer.Nak(m);
         pause(std::chrono::seconds(1));
         continue;
       }
     }
-    if (auto ack_ec = bus::PullConsumer::AckAll(messages)) {
+    if (auto ack_ec = consumer.AckAll(messages)) {
       log::Warn("acknowledging stored log lines failed; they will be redelivered and skipped",
                 {{"error", ack_ec.message()}});
     }

@@ -162,6 +162,9 @@ HistoryPage PgStore::Query(const HistoryQuery& q) {
     where += " AND severity >= " + param(std::to_string(f.min_severity())) + "::smallint";
   }
   if (!f.grep().empty()) where += " AND message ILIKE " + param(ContainsPattern(f.grep()));
+  if (q.max_stream_seq) {
+    where += " AND stream_seq <= " + param(std::to_string(*q.max_stream_seq)) + "::bigint";
+  }
   const char* cmp = q.oldest_first ? ">" : "<";
   if (q.after) {
     where += fmt::format(" AND (ts, instance, seq) {} ({}::timestamptz, {}, {}::bigint)", cmp,

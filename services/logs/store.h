@@ -26,6 +26,9 @@ struct HistoryQuery {
     int64_t seq = 0;
   };
   std::optional<Cursor> after;  // continue past this line (in the query's order)
+  // Only lines at or below this stream sequence: a tail's history stops at the watermark it
+  // continues from, so lines stored above it (committed ahead of older ones) come live, in order.
+  std::optional<uint64_t> max_stream_seq;
 };
 
 struct HistoryPage {

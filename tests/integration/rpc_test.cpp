@@ -241,7 +241,7 @@ TEST_CASE("JetStream: idempotent stream creation, publish dedupe by Nats-Msg-Id,
   REQUIRE(batch.size() == 2);
   CHECK(batch[0].data() == "payload-1");
   CHECK(batch[1].data() == "payload-2");
-  REQUIRE_FALSE(batch[0].Ack());
+  REQUIRE_FALSE(consumer.Ack(batch[0]));
   // The second is not acked: it comes back after ack_wait, and only it.
   std::vector<muon::bus::Msg> redelivered;
   REQUIRE(muon::testing::WaitUntil(
@@ -252,5 +252,5 @@ TEST_CASE("JetStream: idempotent stream creation, publish dedupe by Nats-Msg-Id,
       5s, 10ms));
   REQUIRE(redelivered.size() == 1);
   CHECK(redelivered[0].data() == "payload-2");
-  REQUIRE_FALSE(redelivered[0].Ack());
+  REQUIRE_FALSE(consumer.Ack(redelivered[0]));
 }

@@ -1,5 +1,7 @@
 #include "muon/common/bus.h"
 
+#include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
@@ -171,16 +173,6 @@ Headers Msg::AllHeaders() const {
   }
   free(static_cast<void*>(keys));
   return out;
-}
-
-std::error_code Msg::Ack() const {
-  return FromNatsStatus(natsMsg_Ack(raw_.get(), nullptr));
-}
-std::error_code Msg::Nak() const {
-  return FromNatsStatus(natsMsg_Nak(raw_.get(), nullptr));
-}
-std::error_code Msg::InProgress() const {
-  return FromNatsStatus(natsMsg_InProgress(raw_.get(), nullptr));
 }
 
 // ---- Subscription ----
@@ -523,20 +515,55 @@ std::error_code JetStream::Publish(std::string_view subject, std::string_view da
 
 std::error_code JetStream::PullSubscribe(std::string_view stream, const ConsumerConfig& config,
                                          PullConsumer& consumer) {
-  jsSubOptions so;
-  jsSubOptions_Init(&so);
-  const std::string stream_name = Z(stream);
-  so.Stream = stream_name.c_str();
-  so.Config.AckPolicy = js_AckExplicit;
-  so.Config.AckWait = config.ack_wait.count();
-  so.Config.MaxAckPending = config.max_ack_pending;
-  so.Config.MaxDeliver = config.max_deliver;
-  natsSubscription* sub = nullptr;
+  const std::string stream_name = Z(stream), filter = Z(config.filter_subject);
+  jsConsumerConfig cc;
+  jsConsumerConfig_Init(&cc);
+  cc.Durable = config.durable.c_str();
+  cc.AckPolicy = js_AckExplicit;
+  cc.DeliverPolicy = js_DeliverAll;
+  cc.AckWait = config.ack_wait.count();
+  cc.MaxAckPending = config.max_ack_pending;
+  cc.MaxDeliver = config.max_deliver;
+  cc.FilterSubject = filter.empty() ? nullptr : filter.c_str();
+  jsConsumerInfo* info = nullptr;
   jsErrCode code = static_cast<jsErrCode>(0);
-  natsStatus status = js_PullSubscribe(&sub, js_, config.filter_subject.c_str(),
-                                       config.durable.c_str(), nullptr, &so, &code);
-  if (status == NATS_OK) consumer.sub_.reset(sub);
-  return FromJs(status, code, "pull subscribe");
+  natsStatus status = js_AddConsumer(&info, js_, stream_name.c_str(), &cc, nullptr, &code);
+  if (status != NATS_OK && code != 0) {
+    // It exists with another config: update what may be updated, else use it as it is.
+    if (js_UpdateConsumer(&info, js_, stream_name.c_str(), &cc, nullptr, &code) != NATS_OK) {
+      log::Warn("the durable consumer exists with another config that cannot be updated; using it",
+                {{"stream", stream_name}, {"durable", config.durable}, {"js_code", int(code)}});
+      code = static_cast<jsErrCode>(0);
+      status = js_GetConsumerInfo(&info, js_, stream_name.c_str(), config.durable.c_str(), nullptr,
+                                  &code);
+    } else {
+      status = NATS_OK;
+    }
+  }
+  const bool is_pull =
+      info != nullptr && info->Config != nullptr &&
+      (info->Config->DeliverSubject == nullptr || info->Config->DeliverSubject[0] == '\0');
+  if (info != nullptr) jsConsumerInfo_Destroy(info);
+  if (status != NATS_OK) return FromJs(status, code, "add pull consumer");
+  if (!is_pull) {
+    log::Warn("the durable consumer is a push consumer; cannot pull from it",
+              {{"stream", stream_name}, {"durable", config.durable}});
+    return BusErrc::kInvalidArgument;
+  }
+  natsInbox* inbox = nullptr;
+  if (auto s = natsInbox_Create(&inbox); s != NATS_OK) return FromNatsStatus(s);
+  consumer.inbox_ = inbox;
+  natsInbox_Destroy(inbox);
+  natsSubscription* sub = nullptr;
+  status = natsConnection_SubscribeSync(&sub, connection_.raw(), consumer.inbox_.c_str());
+  if (status != NATS_OK) return FromNatsStatus(status);
+  consumer.sub_.reset(sub);
+  // A batch may be large; the default pending limit (65,536 messages) would drop some.
+  natsSubscription_SetPendingLimits(sub, -1, -1);
+  consumer.nc_ = connection_.raw();
+  consumer.next_subject_ =
+      fmt::format("$JS.API.CONSUMER.MSG.NEXT.{}.{}", stream_name, config.durable);
+  return {};
 }
 
 std::error_code JetStream::AckFloor(std::string_view stream, std::string_view durable,
@@ -634,25 +661,87 @@ std::optional<JsDelivery> ParseJsDelivery(std::string_view reply) {
   return d;
 }
 
-std::error_code PullConsumer::AckAll(const std::vector<Msg>& messages) {
+std::error_code PullConsumer::Reply(const Msg& msg, std::string_view what) const {
+  const std::string reply(msg.reply());
+  if (nc_ == nullptr || reply.empty()) return BusErrc::kInvalidArgument;
+  return FromNatsStatus(
+      natsConnection_Publish(nc_, reply.c_str(), what.data(), static_cast<int>(what.size())));
+}
+
+std::error_code PullConsumer::AckAll(const std::vector<Msg>& messages) const {
   for (const auto& m : messages) {
-    if (auto ec = m.Ack()) return ec;
+    if (auto ec = Ack(m)) return ec;
+  }
+  return {};
+}
+
+std::error_code PullConsumer::Pull(int batch, std::optional<std::chrono::milliseconds> expires,
+                                   std::chrono::steady_clock::time_point deadline,
+                                   std::vector<Msg>& out, int& got) {
+  got = 0;
+  const std::string request =
+      expires ? fmt::format(R"({{"batch":{},"expires":{}}})", batch,
+                            std::chrono::duration_cast<std::chrono::nanoseconds>(*expires).count())
+              : fmt::format(R"({{"batch":{},"no_wait":true}})", batch);
+  if (natsStatus s = natsConnection_PublishRequest(nc_, next_subject_.c_str(), inbox_.c_str(),
+                                                   request.data(), int(request.size()));
+      s != NATS_OK) {
+    return FromNatsStatus(s);
+  }
+  while (got < batch) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          deadline - std::chrono::steady_clock::now())
+                          .count();
+    if (left <= 0) break;
+    natsMsg* raw = nullptr;
+    const natsStatus s = natsSubscription_NextMsg(&raw, sub_.get(), left);
+    if (s == NATS_TIMEOUT) break;
+    if (s != NATS_OK) return FromNatsStatus(s);
+    Msg msg(raw);
+    const auto status = msg.data().empty() ? msg.Header("Status") : std::nullopt;
+    if (!status) {
+      out.push_back(std::move(msg));
+      ++got;
+      continue;
+    }
+    if (*status == "100") continue;  // heartbeat
+    if (*status == "409" &&
+        msg.Header("Description").value_or("").find("Deleted") != std::string_view::npos) {
+      sub_.reset();
+      return BusErrc::kNotFound;
+    }
+    break;  // 404 no messages, 408 request over, 409 a limit: this request is done
   }
   return {};
 }
 
 std::error_code PullConsumer::Fetch(int batch, std::chrono::milliseconds timeout,
                                     std::vector<Msg>& out) {
-  natsMsgList list{nullptr, 0};
-  jsErrCode code = static_cast<jsErrCode>(0);
-  natsStatus status = natsSubscription_Fetch(&list, sub_.get(), batch, timeout.count(), &code);
-  for (int i = 0; i < list.Count; ++i) {
-    out.emplace_back(list.Msgs[i]);
-    list.Msgs[i] = nullptr;  // now owned by `out`
+  using Clock = std::chrono::steady_clock;
+  if (!sub_) return BusErrc::kNotFound;
+  batch = std::max(batch, 1);
+  // The server ends each request with a status message (or the batch is full); the margin only
+  // covers a lost one (a reconnect), after which a late reply is taken by the next call.
+  constexpr auto kMargin = std::chrono::seconds(1);
+  const auto start = Clock::now();
+  int got = 0;
+  // What is there now, without waiting.
+  if (auto ec = Pull(batch, std::nullopt, start + kMargin, out, got)) return ec;
+  if (got > 0) return {};
+  // Nothing: wait up to `timeout` for one message, then take what else came with it. A waiting
+  // request for the whole batch would hold the first lines until the batch filled or expired.
+  const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+  if (waited >= timeout) return BusErrc::kTimeout;
+  if (auto ec = Pull(1, timeout - waited, start + timeout + kMargin, out, got)) return ec;
+  if (got == 0) return BusErrc::kTimeout;
+  if (batch > 1) {
+    int more = 0;
+    if (auto ec = Pull(batch - 1, std::nullopt, Clock::now() + kMargin, out, more);
+        ec && ec != BusErrc::kNotFound) {
+      return {};  // the one message is still good; the error shows on the next call
+    }
   }
-  natsMsgList_Destroy(&list);
-  if (status == NATS_TIMEOUT) return BusErrc::kTimeout;
-  return FromJs(status, code, "fetch");
+  return {};
 }
 
 }  // namespace muon::bus

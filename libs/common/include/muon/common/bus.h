@@ -72,9 +72,6 @@ class Msg {
   Headers AllHeaders() const;
 
   // JetStream acknowledgements (explicit ack policy).
-  std::error_code Ack() const;
-  std::error_code Nak() const;
-  std::error_code InProgress() const;
 
  private:
   struct Deleter {
@@ -215,7 +212,8 @@ class JetStream {
   // server drops a repeat within the stream's duplicate window (ack.duplicate tells).
   std::error_code Publish(std::string_view subject, std::string_view data, std::string_view msg_id,
                           PubAck& ack, const Headers& headers = {});
-  // Binds to (creating if needed) a durable pull consumer with explicit acks.
+  // Binds to a durable pull consumer with explicit acks, creating it or updating it to `config`
+  // (when the server refuses the update, e.g. of filter_subject on 2.9, it binds as it is).
   std::error_code PullSubscribe(std::string_view stream, const ConsumerConfig& config,
                                 PullConsumer& consumer);
 
@@ -247,21 +245,39 @@ struct JsDelivery {
 // nullopt when the message did not come from a JetStream consumer.
 std::optional<JsDelivery> ParseJsDelivery(std::string_view reply_subject);
 
+// A durable pull consumer, pulled with our own `$JS.API.CONSUMER.MSG.NEXT` requests on one inbox
+// subscription: libnats 3.4's natsSubscription_Fetch can return more messages than the array it
+// allocated for the batch (heap overflow under ASan when a late delivery of an earlier, expired
+// pull arrives), so it is not used.
 class PullConsumer {
  public:
   PullConsumer() = default;
-  // Fetches up to `batch` messages, waiting at most `timeout` for the first. An empty result with
-  // kTimeout is the normal "nothing to do".
+  // Up to `batch` messages: those available now, else the first to arrive within `timeout` and
+  // those available right after it. An empty result with kTimeout is the normal "nothing to
+  // do"; kNotFound means the consumer went away (bind again).
   std::error_code Fetch(int batch, std::chrono::milliseconds timeout, std::vector<Msg>& out);
   bool Valid() const { return static_cast<bool>(sub_); }
-  // Acknowledges every message in one go without waiting (explicit acks, one publish each).
-  static std::error_code AckAll(const std::vector<Msg>& messages);
+  // Acknowledgements of fetched messages: publishes to their reply subjects, not waited for.
+  std::error_code Ack(const Msg& msg) const { return Reply(msg, "+ACK"); }
+  std::error_code Nak(const Msg& msg) const { return Reply(msg, "-NAK"); }
+  std::error_code InProgress(const Msg& msg) const { return Reply(msg, "+WPI"); }
+  std::error_code AckAll(const std::vector<Msg>& messages) const;
 
  private:
   friend class JetStream;
   struct Deleter {
     void operator()(natsSubscription* s) const { natsSubscription_Destroy(s); }
   };
+  // One MSG.NEXT request (no_wait when `expires` is empty); collects its messages until it ends.
+  std::error_code Pull(int batch, std::optional<std::chrono::milliseconds> expires,
+                       std::chrono::steady_clock::time_point deadline, std::vector<Msg>& out,
+                       int& got);
+
+  std::error_code Reply(const Msg& msg, std::string_view what) const;
+
+  natsConnection* nc_ = nullptr;
+  std::string next_subject_;  // $JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>
+  std::string inbox_;
   std::unique_ptr<natsSubscription, Deleter> sub_;
 };
 
