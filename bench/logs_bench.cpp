@@ -1,9 +1,13 @@
 // Log ingest and history queries, each next to a reference measured in the same run (logs issue
 // targets). Starts its own nats-server and PostgreSQL (tests/support/harness.h).
 //
-//   ingest   LogLine protobufs (~100 bytes; 50 services x 4 instances, per-instance seq,
-//            Nats-Msg-Id "<service>.<instance>.<seq>" as the Shipper sends them) published by this
-//            process with js_PublishMsgAsync (MaxPending) to muon.log.<service>.<instance>, and
+//   ingest   LogLine protobufs (~100 bytes; 50 services x 4 instances, per-instance seq) in
+//            LogBatch messages of --lines-per-message consecutive lines of one instance
+//            (Nats-Msg-Id
+//            "<service>.<instance>.<first seq>"), as the Shipper sends them: its default 20 ms
+//            linger makes batches of 10 lines for an instance writing 500 lines/s, which is what
+//            200 instances writing 100,000 lines/s together do), published by this process with
+//            js_PublishMsgAsync (MaxPending) to muon.log.<service>.<instance>, and
 //            stored by a real muon-logs process. Committed lines/s come from exact Postgres counts
 //            at both ends of the steady-state window (warm-up skipped); the publish rate is what
 //            the stream acknowledged in the same window, so the two together say which side
@@ -78,6 +82,7 @@ struct Args {
   int64_t max_pending = 4096;  // per publisher, as the Shipper
   double publish_rate = 0;     // lines/s in total; 0 = as fast as the stream acknowledges
   bool publish_asap = false;
+  int lines_per_message = 10;
   std::string muon_logs;  // the muon-logs binary; empty: build/bin's
   int64_t rows = 10'000'000;
   int query_runs = 20;
@@ -98,6 +103,7 @@ void Usage(FILE* out) {
              "  --max-pending N      js async publishes in flight per publisher (default 4096)\n"
              "  --publish-rate R     total lines/s to publish; 0 = as fast as acked (default 0)\n"
              "  --publish-asap       publishers send every message at once (SendAsap)\n"
+             "  --lines-per-message N  lines in each LogBatch message (default 10)\n"
              "  --muon-logs PATH     run this muon-logs binary (e.g. a sanitizer build)\n"
              "  --rows N             lines stored for the queries (default 10000000)\n"
              "  --query-runs N       timed runs per query and path (default 20)\n"
@@ -135,6 +141,8 @@ Args ParseArgs(int argc, char** argv) {
       a.publish_rate = std::stod(value());
     } else if (arg == "--publish-asap") {
       a.publish_asap = true;
+    } else if (arg == "--lines-per-message") {
+      a.lines_per_message = std::max(1, std::stoi(value()));
     } else if (arg == "--muon-logs") {
       a.muon_logs = value();
     } else if (arg == "--rows") {
@@ -446,8 +454,11 @@ CpuUse CpuBetween(const CpuSnapshot& a, const CpuSnapshot& b) {
 class Publisher {
  public:
   Publisher(const std::string& url, int index, std::vector<Emitter*> emitters, int64_t max_pending,
-            double rate, bool asap)
-      : emitters_(std::move(emitters)), rate_(rate), index_(index) {
+            double rate, bool asap, int lines_per_message)
+      : emitters_(std::move(emitters)),
+        rate_(rate),
+        index_(index),
+        lines_per_message_(lines_per_message) {
     conn_ = muon::bus::Connection::Connect(
         {.url = url, .name = fmt::format("bench-publisher-{}", index), .send_asap = asap});
     if (!conn_->WaitConnected(5s)) throw std::runtime_error("publisher cannot connect");
@@ -482,16 +493,19 @@ class Publisher {
     return js_PublishAsyncComplete(js_, &po) == NATS_OK;
   }
 
+  // Lines (every message holds lines_per_message of them), except errors and stalls.
   std::atomic<uint64_t> sent{0}, acked{0}, duplicates{0}, errors{0}, stalls{0};
   std::string first_error;
-  size_t message_bytes = 0;  // size of the last LogLine sent (read after Stop)
+  size_t message_bytes = 0;  // size of the last LogBatch sent (read after Stop)
 
  private:
   static void OnAck(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* closure) {
     auto* self = static_cast<Publisher*>(closure);
     if (pa != nullptr) {
-      self->acked.fetch_add(1, std::memory_order_relaxed);
-      if (pa->Duplicate) self->duplicates.fetch_add(1, std::memory_order_relaxed);
+      self->acked.fetch_add(self->lines_per_message_, std::memory_order_relaxed);
+      if (pa->Duplicate) {
+        self->duplicates.fetch_add(self->lines_per_message_, std::memory_order_relaxed);
+      }
       natsMsg_Destroy(msg);
       return;
     }
@@ -521,7 +535,7 @@ class Publisher {
 
   void Run() {
     lv1::LogLine line;
-    std::string data, scratch;
+    std::string data, serialized, scratch;
     char id[160];
     uint64_t rng = Mix(static_cast<uint64_t>(index_) + 1);
     size_t next = 0;
@@ -549,14 +563,19 @@ class Publisher {
           if (m != nullptr) natsMsg_Destroy(m);
         }
       }
-      for (int k = 0; k < 64; ++k) {
+      for (int k = 0; k < 16; ++k) {
         Emitter& e = *emitters_[next];
         next = (next + 1) % emitters_.size();
-        const uint64_t seq = ++e.seq;
-        rng = Mix(rng);
-        FillLine(line, e, seq, NowMicros(), rng, scratch);
-        line.SerializeToString(&data);
-        const auto r = fmt::format_to_n(id, sizeof(id) - 1, "{}{}", e.id_prefix, seq);
+        const uint64_t first_seq = e.seq + 1;
+        data.clear();
+        const int64_t now = NowMicros();
+        for (int j = 0; j < lines_per_message_; ++j) {
+          rng = Mix(rng);
+          FillLine(line, e, ++e.seq, now, rng, scratch);
+          line.SerializeToString(&serialized);
+          muon::loglines::AppendToBatch(data, serialized);
+        }
+        const auto r = fmt::format_to_n(id, sizeof(id) - 1, "{}{}", e.id_prefix, first_seq);
         *r.out = '\0';
         natsMsg* msg = nullptr;
         if (natsMsg_Create(&msg, e.subject.c_str(), nullptr, data.data(),
@@ -567,8 +586,8 @@ class Publisher {
         jsPubOptions_Init(&po);
         po.MsgId = id;
         if (!Send(msg, &po)) break;
-        ++count;
-        sent.fetch_add(1, std::memory_order_relaxed);
+        count += lines_per_message_;
+        sent.fetch_add(lines_per_message_, std::memory_order_relaxed);
         message_bytes = data.size();
       }
     }
@@ -579,6 +598,7 @@ class Publisher {
   std::vector<Emitter*> emitters_;
   double rate_;
   int index_;
+  int lines_per_message_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> has_retry_{false};
   std::mutex mu_;
@@ -705,8 +725,8 @@ IngestResult RunIngest(const Args& a, muon::testing::NatsServer& nats, const std
     std::vector<Emitter*> mine;
     for (int i = p; i < kEmitters; i += a.publishers) mine.push_back(&emitters[i]);
     publishers.push_back(std::make_unique<Publisher>(nats.url(), p, std::move(mine), a.max_pending,
-                                                     a.publish_rate / a.publishers,
-                                                     a.publish_asap));
+                                                     a.publish_rate / a.publishers, a.publish_asap,
+                                                     a.lines_per_message));
   }
   auto acked_total = [&] {
     uint64_t n = 0;
@@ -726,10 +746,10 @@ IngestResult RunIngest(const Args& a, muon::testing::NatsServer& nats, const std
   auto since_start = [&] { return std::chrono::duration<double>(Clock::now() - start).count(); };
 
   fmt::print(
-      "ingest: muon-logs with {} workers, batch {}{}; {} publisher(s), MaxPending {}, "
-      "{}, {}; {} s ({} s warm-up)\n",
+      "ingest: muon-logs with {} workers, batch {}{}; {} publisher(s), {} lines per message, "
+      "MaxPending {}, {}, {}; {} s ({} s warm-up)\n",
       a.workers, a.batch, a.batch_wait.empty() ? "" : ", batch wait " + a.batch_wait, a.publishers,
-      a.max_pending,
+      a.lines_per_message, a.max_pending,
       a.publish_rate > 0 ? fmt::format("{} lines/s", Thousands(a.publish_rate))
                          : std::string("unpaced"),
       a.publish_asap ? "SendAsap" : "buffered", a.ingest_seconds, a.warmup_seconds);
@@ -799,9 +819,11 @@ IngestResult RunIngest(const Args& a, muon::testing::NatsServer& nats, const std
         first_floor = floor;
         goal = floor + (last - floor) * 9 / 10;
       }
-      if (res.drain90_per_s == 0 && floor >= goal && last - first_floor >= 100000) {
+      // Stream sequences count messages, each of lines_per_message lines.
+      const uint64_t per_message = static_cast<uint64_t>(a.lines_per_message);
+      if (res.drain90_per_s == 0 && floor >= goal && (last - first_floor) * per_message >= 100000) {
         const double secs = std::chrono::duration<double>(Clock::now() - *first_poll).count();
-        res.drain90_per_s = static_cast<double>(floor - first_floor) / secs;
+        res.drain90_per_s = static_cast<double>((floor - first_floor) * per_message) / secs;
         res.drain_cpu = CpuBetween(*drain_cpu0, SnapCpu(pids));
         res.drain90_at = Clock::now();
       }
@@ -853,8 +875,8 @@ IngestResult RunIngest(const Args& a, muon::testing::NatsServer& nats, const std
       res.cpu.bench / res.published_per_s * 1e6, res.cpu.nats / res.published_per_s * 1e6,
       res.cpu.logs / res.committed_per_s * 1e6, res.cpu.pg / res.committed_per_s * 1e6);
   fmt::print(
-      "  sent {}, acked unique {}, duplicates {}, ack errors {}, stalls {}; message {} "
-      "bytes\n",
+      "  lines sent {}, acked unique {}, duplicates {}, messages with ack errors {}, stalls {}; "
+      "message {} bytes\n",
       sent, res.published, dups, errors, stalls, publishers[0]->message_bytes);
   if (res.drain90_per_s > 0) {
     fmt::print(

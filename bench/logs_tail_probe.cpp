@@ -84,10 +84,12 @@ int main(int argc, char** argv) {
   Latencies bus_latency, cli_latency;
   auto reference =
       conn->Subscribe(muon::loglines::FilterSubject(service, ""), [&](muon::bus::Msg& m) {
-        muon::logs::v1::LogLine line;
-        if (measuring && line.ParseFromArray(m.data().data(), static_cast<int>(m.data().size())) &&
-            line.message().rfind("measure ", 0) == 0) {
-          bus_latency.Add(NowMicros() - LineMicros(line));
+        muon::logs::v1::LogBatch batch;
+        if (!measuring || !batch.ParseFromArray(m.data().data(), static_cast<int>(m.data().size())))
+          return;
+        const int64_t now = NowMicros();
+        for (const auto& line : batch.lines()) {
+          if (line.message().rfind("measure ", 0) == 0) bus_latency.Add(now - LineMicros(line));
         }
       });
 

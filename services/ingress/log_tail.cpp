@@ -107,16 +107,20 @@ void LogTail::OnLive(bus::Msg& msg) {
   const auto delivery = bus::ParseJsDelivery(msg.reply());
   if (!delivery) return;
   if (delivery->stream_sequence <= watermark_) return;
-  logs::v1::LogLine line;
-  if (!line.ParseFromArray(msg.data().data(), static_cast<int>(msg.data().size()))) return;
-  line.set_stream_seq(delivery->stream_sequence);
-  if (!loglines::Matches(request_.filter, line)) return;
+  logs::v1::LogBatch batch;
+  if (!batch.ParseFromArray(msg.data().data(), static_cast<int>(msg.data().size()))) return;
+  std::string events;
+  for (auto& line : *batch.mutable_lines()) {
+    line.set_stream_seq(delivery->stream_sequence);
+    if (loglines::Matches(request_.filter, line)) events += SseLineEvent(line);
+  }
+  if (events.empty()) return;
   if (out_->Backlog() > kMaxBacklogBytes) {
     out_->Send("event: error\ndata: {\"detail\":\"the client reads too slowly; tail ended\"}\n\n");
     out_->End();
     return;
   }
-  out_->Send(SseLineEvent(line));
+  out_->Send(std::move(events));
 }
 
 void LogTail::Tick() {

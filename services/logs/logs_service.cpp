@@ -40,10 +40,10 @@ void AddOptions(config::Spec& spec) {
            "daily partitions created ahead of today")
       .Int("ingest-workers", "MUON_LOGS_INGEST_WORKERS", 2, 1, 32,
            "parallel fetch-and-store loops in this process")
-      .Int("batch-size", "MUON_LOGS_BATCH_SIZE", 5000, 1, 100000,
-           "lines stored per transaction at most")
+      .Int("batch-size", "MUON_LOGS_BATCH_SIZE", 500, 1, 100000,
+           "bus messages (each up to 1,000 lines) stored per transaction at most")
       .Duration("batch-wait", "MUON_LOGS_BATCH_WAIT", "100ms",
-                "how long a fetch waits to fill a batch");
+                "how long a fetch waits for a first message when there is none");
 }
 
 LogsOptions OptionsFromConfig(const config::Values& values) {
@@ -263,40 +263,47 @@ std::vector<StoredLine> LogsApp::Decode(std::vector<bus::Msg>& messages) {
   out.reserve(messages.size());
   const int64_t first_us = partitions_first_us_.load();
   const int64_t end_us = partitions_end_us_.load();
+  v1::LogBatch received;
   for (auto& msg : messages) {
     const auto delivery = bus::ParseJsDelivery(msg.reply());
-    StoredLine stored;
-    auto& line = stored.line;
-    // The subject names the emitter; a payload that disagrees or does not parse is dropped.
+    // The subject names the emitter; a payload that does not parse is dropped, and so is a line
+    // that claims another emitter.
     const std::string_view subject = msg.subject();
     const std::string_view rest = subject.substr(loglines::kSubjectPrefix.size());
     const size_t dot = rest.find('.');
     if (!delivery || dot == std::string_view::npos ||
-        !line.ParseFromArray(msg.data().data(), static_cast<int>(msg.data().size())) ||
-        line.service() != rest.substr(0, dot) || line.instance() != rest.substr(dot + 1) ||
-        line.seq() == 0) {
+        !received.ParseFromArray(msg.data().data(), static_cast<int>(msg.data().size()))) {
       stats_.rejected++;
       continue;
     }
-    int64_t us = line.time().seconds() * 1000000 + line.time().nanos() / 1000;
-    if (us < first_us) {
-      stats_.rejected++;  // older than the retention: its day is gone or about to go
-      continue;
+    for (auto& line : *received.mutable_lines()) {
+      if (line.service() != rest.substr(0, dot) || line.instance() != rest.substr(dot + 1) ||
+          line.seq() == 0) {
+        stats_.rejected++;
+        continue;
+      }
+      int64_t us = line.time().seconds() * 1000000 + line.time().nanos() / 1000;
+      if (us < first_us) {
+        stats_.rejected++;  // older than the retention: its day is gone or about to go
+        continue;
+      }
+      if (us >= end_us) {
+        // A clock far ahead: the line goes to the last day there is. A fixed point (not "now")
+        // keeps a redelivery identical, so the de-duplication still recognises it.
+        us = end_us - 1;
+        line.mutable_time()->set_seconds(us / 1000000);
+        line.mutable_time()->set_nanos(static_cast<int32_t>(us % 1000000) * 1000);
+      }
+      loglines::SanitizeText(*line.mutable_message());
+      if (loglines::CapMessage(*line.mutable_message(), loglines::kDefaultMaxMessageBytes)) {
+        line.set_truncated(true);
+      }
+      line.set_stream_seq(delivery->stream_sequence);
+      StoredLine stored;
+      stored.line = std::move(line);
+      stored.redelivered = delivery->delivered > 1;
+      out.push_back(std::move(stored));
     }
-    if (us >= end_us) {
-      // A clock far ahead: the line goes to the last day there is. A fixed point (not "now")
-      // keeps a redelivery identical, so the de-duplication still recognises it.
-      us = end_us - 1;
-      line.mutable_time()->set_seconds(us / 1000000);
-      line.mutable_time()->set_nanos(static_cast<int32_t>(us % 1000000) * 1000);
-    }
-    std::string message = line.message();
-    loglines::SanitizeText(message);
-    if (loglines::CapMessage(message, loglines::kDefaultMaxMessageBytes)) line.set_truncated(true);
-    line.set_message(std::move(message));
-    line.set_stream_seq(delivery->stream_sequence);
-    stored.redelivered = delivery->delivered > 1;
-    out.push_back(std::move(stored));
   }
   return out;
 }

@@ -33,7 +33,7 @@ struct LogsOptions {
   std::chrono::hours retention{24 * 7};
   int partition_days_ahead = 3;
   int ingest_workers = 2;
-  int batch_size = 5000;
+  int batch_size = 500;
   std::chrono::milliseconds batch_wait{100};  // how long a fetch waits for a full batch
   size_t db_connections = 6;
 };

@@ -1,6 +1,6 @@
 // Untrusted input around log lines: application output (severity detection, sanitising, capping,
 // secret masking), log-tail query strings from HTTP clients, JetStream ack subjects from the bus,
-// and LogLine payloads anyone may publish to muon.log.*.
+// and LogBatch payloads anyone may publish to muon.log.*.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -22,11 +22,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)muon::ingress::ParseTailRequest("/v1/logs/tail?" + input);
   } catch (const muon::Error&) {
   }
-  muon::logs::v1::LogLine line;
-  if (line.ParseFromString(input)) {
-    line.set_stream_seq(1);
-    (void)muon::ingress::SseLineEvent(line);
-    (void)muon::loglines::Matches(muon::logs::v1::Filter(), line);
+  muon::logs::v1::LogBatch batch;
+  if (batch.ParseFromString(input)) {
+    for (auto& line : *batch.mutable_lines()) {
+      line.set_stream_seq(1);
+      (void)muon::ingress::SseLineEvent(line);
+      (void)muon::loglines::Matches(muon::logs::v1::Filter(), line);
+    }
   }
   return 0;
 }

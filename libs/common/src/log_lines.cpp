@@ -300,6 +300,17 @@ bool ContainsIgnoreCase(std::string_view haystack, std::string_view needle) {
   return it != haystack.end();
 }
 
+void AppendToBatch(std::string& batch, std::string_view serialized_line) {
+  batch.push_back(static_cast<char>((1 << 3) | 2));  // field 1 (lines), length-delimited
+  uint64_t n = serialized_line.size();
+  while (n >= 0x80) {
+    batch.push_back(static_cast<char>((n & 0x7F) | 0x80));
+    n >>= 7;
+  }
+  batch.push_back(static_cast<char>(n));
+  batch.append(serialized_line);
+}
+
 std::string ReadEndpoint(std::string_view service) {
   return "Read." + (service.empty() ? std::string("*") : std::string(service));
 }
@@ -395,7 +406,9 @@ void Shipper::EmitImpl(Source source, Severity severity, std::string message, st
     dropped_++;
   }
   queue_.push_back({seq, line.SerializeAsString()});
-  cv_.notify_one();
+  // The publisher thread needs a wake-up for the first line (it may then linger) and for a full
+  // batch; the lines in between would only cost futex calls.
+  if (queue_.size() == 1 || queue_.size() == kMaxLinesPerBatch) cv_.notify_one();
 }
 
 void Shipper::EmitLine(std::string line, bool from_stderr) {
@@ -457,13 +470,33 @@ void Shipper::Run() {
       lock.lock();
       continue;
     }
-    std::deque<Pending> batch;
-    batch.swap(queue_);
+    if (queue_.empty()) continue;
+    cv_.wait_until(lock, last_publish_ + options_.linger,
+                   [this] { return stop_ || queue_.size() >= kMaxLinesPerBatch; });
+    last_publish_ = std::chrono::steady_clock::now();
+    std::deque<Queued> lines;
+    lines.swap(queue_);
     lock.unlock();
-    for (const auto& p : batch) {
-      PublishOne(p);
-      published_through_ = p.seq;
+    Pending batch;
+    size_t in_batch = 0;
+    uint64_t last_seq = 0;
+    auto publish = [&] {
+      PublishOne(batch);
+      published_through_ = last_seq;
+      batch.data.clear();
+      in_batch = 0;
+    };
+    for (auto& q : lines) {
+      if (in_batch > 0 && (in_batch == kMaxLinesPerBatch ||
+                           batch.data.size() + q.line.size() + 8 > kMaxBatchBytes)) {
+        publish();
+      }
+      if (in_batch == 0) batch.seq = q.seq;
+      AppendToBatch(batch.data, q.line);
+      last_seq = q.seq;
+      ++in_batch;
     }
+    if (in_batch > 0) publish();
     lock.lock();
   }
 }

@@ -9,7 +9,8 @@
 //
 // Subjects: muon.log.<service>.<instance>, stream LOGS (limits retention, sized by muon-logs).
 // Every line carries a per-instance sequence number, and is published with
-// Nats-Msg-Id "<service>.<instance>.<boot nonce>.<seq>" so a publish retried after a lost ack is stored once.
+// Nats-Msg-Id "<service>.<instance>.<boot nonce>.<seq>" so a publish retried after a lost ack is
+// stored once.
 
 #include <atomic>
 #include <chrono>
@@ -31,6 +32,14 @@ namespace muon::loglines {
 inline constexpr std::string_view kStreamName = "LOGS";
 inline constexpr std::string_view kSubjectPrefix = "muon.log.";
 inline constexpr size_t kDefaultMaxMessageBytes = 16 * 1024;
+// A bus message (LogBatch) holds at most this many lines and, unless one line alone is bigger,
+// this many bytes (well under nats-server's default max_payload of 1 MiB).
+inline constexpr size_t kMaxLinesPerBatch = 1000;
+inline constexpr size_t kMaxBatchBytes = 256 * 1024;
+
+// Appends one serialized LogLine to a serialized LogBatch (the wire format of a repeated field
+// is its elements' encodings one after another, so batching needs no re-parsing).
+void AppendToBatch(std::string& batch, std::string_view serialized_line);
 
 // A subject token: 1..128 of A-Z a-z 0-9 _ -.
 bool IsValidToken(std::string_view token);
@@ -83,11 +92,15 @@ struct ShipperOptions {
   // Lines kept while the bus is unreachable; past this the oldest are dropped (and counted).
   size_t max_queued = 100000;
   uint64_t first_seq = 1;  // a restarted emitter continues its numbering from here
+  // A busy emitter publishes at most one message per linger (every line queued meanwhile goes in
+  // it); a line after a quiet spell goes at once. The latency paid for batching, only when busy.
+  std::chrono::milliseconds linger{20};
 };
 
 // Publishes one emitter's lines to the log stream from its own thread, asynchronously (many
-// publishes in flight, acks collected by nats.c). Emit never blocks on the bus. Lines whose
-// publish failed (no stream yet, timeout) are retried; the stream drops repeats by message id.
+// publishes in flight, acks collected by nats.c), in batches of the lines queued within `linger`.
+// Emit never blocks on the bus. Batches whose publish failed (no stream yet, timeout) are retried
+// as they were; the stream drops repeats by message id (the batch's first seq).
 class Shipper {
  public:
   // Throws std::invalid_argument when service or instance is not a valid token.
@@ -113,8 +126,12 @@ class Shipper {
 
  private:
   struct Pending {
+    uint64_t seq;      // the first line's (the message id's suffix)
+    std::string data;  // a serialized LogBatch
+  };
+  struct Queued {
     uint64_t seq;
-    std::string data;
+    std::string line;  // a serialized LogLine
   };
   void Run();
   void EmitImpl(logs::v1::Source source, logs::v1::Severity severity, std::string message,
@@ -132,8 +149,9 @@ class Shipper {
   std::atomic<uint64_t> dropped_{0};
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Pending> queue_;
+  std::deque<Queued> queue_;
   std::deque<Pending> retry_;
+  std::chrono::steady_clock::time_point last_publish_{};
   bool stop_ = false;
   std::thread thread_;
 };
