@@ -276,21 +276,7 @@ void FillLine(lv1::LogLine& line, const Emitter& e, uint64_t seq, int64_t us, ui
   line.set_seq(seq);
 }
 
-// Postgres' timestamptz input, UTC, microseconds: what PgStore's COPY sends (store.cpp).
-std::string FormatTimestamp(int64_t us) {
-  using namespace std::chrono;
-  const sys_time<microseconds> t{microseconds(us)};
-  const auto day = floor<days>(t);
-  const year_month_day ymd{day};
-  const auto tod = t - day;
-  const auto h = duration_cast<hours>(tod);
-  const auto m = duration_cast<minutes>(tod - h);
-  const auto s = duration_cast<seconds>(tod - h - m);
-  const auto frac = (tod - h - m - s).count();
-  return fmt::format("{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00", int(ymd.year()),
-                     unsigned(ymd.month()), unsigned(ymd.day()), h.count(), m.count(), s.count(),
-                     frac);
-}
+using muon::logs::FormatTimestamp;  // what PgStore's COPY sends
 
 constexpr std::array<const char*, 12> kColumns = {
     "ts",       "service", "instance",  "release",  "region", "source",

@@ -26,22 +26,6 @@ int64_t LineMicros(const v1::LogLine& line) {
   return line.time().seconds() * 1000000 + line.time().nanos() / 1000;
 }
 
-// Postgres' timestamptz input format, UTC, microseconds.
-std::string FormatTimestamp(int64_t us) {
-  using namespace std::chrono;
-  const sys_time<microseconds> t{microseconds(us)};
-  const auto day = floor<days>(t);
-  const year_month_day ymd{day};
-  const auto tod = t - day;
-  const auto h = duration_cast<hours>(tod);
-  const auto m = duration_cast<minutes>(tod - h);
-  const auto s = duration_cast<seconds>(tod - h - m);
-  const auto frac = (tod - h - m - s).count();
-  return fmt::format("{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00", int(ymd.year()),
-                     unsigned(ymd.month()), unsigned(ymd.day()), h.count(), m.count(), s.count(),
-                     frac);
-}
-
 std::string FormatDate(Clock::time_point t) {
   using namespace std::chrono;
   const year_month_day ymd{floor<days>(t)};
@@ -80,6 +64,21 @@ void CopyRows(pqxx::work& tx, const std::string& table, const std::vector<Stored
 }
 
 }  // namespace
+
+std::string FormatTimestamp(int64_t us) {
+  using namespace std::chrono;
+  const sys_time<microseconds> t{microseconds(us)};
+  const auto day = floor<days>(t);
+  const year_month_day ymd{day};
+  const auto tod = t - day;
+  const auto h = duration_cast<hours>(tod);
+  const auto m = duration_cast<minutes>(tod - h);
+  const auto s = duration_cast<seconds>(tod - h - m);
+  const auto frac = (tod - h - m - s).count();
+  return fmt::format("{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00", int(ymd.year()),
+                     unsigned(ymd.month()), unsigned(ymd.day()), h.count(), m.count(), s.count(),
+                     frac);
+}
 
 std::string EncodeCursor(const HistoryQuery::Cursor& cursor) {
   return fmt::format("{}.{}.{}", cursor.ts_us, cursor.seq, cursor.instance);

@@ -36,6 +36,10 @@ struct HistoryPage {
   std::optional<HistoryQuery::Cursor> next;
 };
 
+// PostgreSQL's timestamptz input, UTC with microseconds ("2026-12-01 03:04:05.000123+00"): what
+// COPY sends and queries compare with.
+std::string FormatTimestamp(int64_t unix_micros);
+
 std::string EncodeCursor(const HistoryQuery::Cursor& cursor);
 // nullopt for anything EncodeCursor did not produce.
 std::optional<HistoryQuery::Cursor> DecodeCursor(std::string_view text);
