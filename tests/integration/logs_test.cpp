@@ -20,6 +20,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "harness.h"
@@ -885,4 +886,57 @@ TEST_CASE("a line that is not valid UTF-8 is stored, not silently dropped", "[lo
   REQUIRE(WaitUntil([&] { return f.CountGrep("plain ascii marker") == 1; }, 5s, 50ms));
   INFO("rejected: " << f.app->stats().rejected.load());
   CHECK(WaitUntil([&] { return f.CountGrep("latin1 caf") == 1; }, 2s, 50ms));
+}
+
+TEST_CASE(
+    "the shipper batches a busy emitter's lines and sends a quiet one's at once; a retry "
+    "is stored once",
+    "[logs][shipper]") {
+  muon::testing::NatsServer nats;
+  auto conn = Connect(nats.url(), "shipper");
+  muon::bus::JetStream js(*conn);
+  // No stream yet: the first publishes fail and are retried once it exists.
+  muon::loglines::Shipper shipper(*conn, {.service = "batch", .instance = "i-1"});
+  shipper.Emit(v1::SEVERITY_INFO, "before the stream");
+  std::this_thread::sleep_for(300ms);  // the publish fails for want of a stream meanwhile
+  REQUIRE_FALSE(js.EnsureStream(muon::loglines::StreamConfig(24h, int64_t(64) << 20)));
+  REQUIRE(shipper.Flush(10s));
+
+  constexpr int kBurst = 2500;
+  for (int i = 0; i < kBurst; ++i) {
+    shipper.Emit(v1::SEVERITY_INFO, fmt::format("burst line {} {}", i, std::string(100, 'x')));
+  }
+  REQUIRE(shipper.Flush(10s));
+  uint64_t after_burst = 0;
+  REQUIRE_FALSE(js.LastSequence("LOGS", after_burst));
+  // After a quiet spell, one line is a message of its own, sent without lingering.
+  std::this_thread::sleep_for(100ms);  // the quiet spell itself, longer than the 20 ms linger
+  shipper.Emit(v1::SEVERITY_INFO, "after a quiet spell");
+  REQUIRE(shipper.Flush(10s));
+
+  muon::bus::PullConsumer consumer;
+  REQUIRE_FALSE(js.PullSubscribe("LOGS", {.durable = "check"}, consumer));
+  std::vector<v1::LogBatch> messages;
+  while (true) {
+    std::vector<muon::bus::Msg> fetched;
+    if (consumer.Fetch(1000, 500ms, fetched) == muon::bus::BusErrc::kTimeout) break;
+    for (const auto& m : fetched) {
+      CHECK(m.data().size() <= muon::loglines::kMaxBatchBytes);
+      REQUIRE(messages.emplace_back().ParseFromArray(m.data().data(), int(m.data().size())));
+    }
+  }
+  REQUIRE(messages.size() >= 4);  // the lone retried line, >= 2 for the burst, the quiet line
+  CHECK(messages.size() == after_burst + 1);
+  // The burst took a few messages, none over the limits; every line once, in seq order.
+  CHECK(messages.size() < 50);
+  uint64_t expected_seq = 1;
+  for (const auto& batch : messages) {
+    CHECK(batch.lines_size() >= 1);
+    CHECK(static_cast<size_t>(batch.lines_size()) <= muon::loglines::kMaxLinesPerBatch);
+    for (const auto& line : batch.lines()) CHECK(line.seq() == expected_seq++);
+  }
+  CHECK(expected_seq == kBurst + 3);
+  CHECK(messages.front().lines(0).message() == "before the stream");
+  REQUIRE(messages.back().lines_size() == 1);
+  CHECK(messages.back().lines(0).message() == "after a quiet spell");
 }

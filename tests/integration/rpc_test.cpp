@@ -254,3 +254,75 @@ TEST_CASE("JetStream: idempotent stream creation, publish dedupe by Nats-Msg-Id,
   CHECK(redelivered[0].data() == "payload-2");
   REQUIRE_FALSE(consumer.Ack(redelivered[0]));
 }
+
+TEST_CASE(
+    "pull consumer: a fetch takes what is there, else waits for the first message; a "
+    "deleted consumer is reported",
+    "[jetstream]") {
+  muon::testing::NatsServer nats;
+  auto conn = muon::bus::Connection::Connect({.url = nats.url()});
+  REQUIRE(conn->WaitConnected(5s));
+  muon::bus::JetStream js(*conn);
+  REQUIRE_FALSE(js.EnsureStream({.name = "WORK", .subjects = {"work.>"}}));
+  muon::bus::PullConsumer consumer;
+  REQUIRE_FALSE(js.PullSubscribe("WORK", {.durable = "worker"}, consumer));
+  // Binding again (a restarted worker) reuses the durable consumer.
+  muon::bus::PullConsumer again;
+  REQUIRE_FALSE(js.PullSubscribe("WORK", {.durable = "worker"}, again));
+
+  // Nothing there: kTimeout after the wait, with nothing fetched.
+  std::vector<muon::bus::Msg> none;
+  CHECK(consumer.Fetch(10, 100ms, none) == BusErrc::kTimeout);
+  CHECK(none.empty());
+
+  // More than a batch there: exactly a batch, in stream order, without waiting for the timeout.
+  muon::bus::PubAck ack;
+  for (int i = 0; i < 25; ++i) {
+    REQUIRE_FALSE(js.Publish("work.item", "item-" + std::to_string(i), "", ack));
+  }
+  std::vector<muon::bus::Msg> batch;
+  const auto asked = std::chrono::steady_clock::now();
+  REQUIRE_FALSE(consumer.Fetch(10, 10s, batch));
+  CHECK(std::chrono::steady_clock::now() - asked < 5s);
+  REQUIRE(batch.size() == 10);
+  for (int i = 0; i < 10; ++i) CHECK(batch[i].data() == "item-" + std::to_string(i));
+  REQUIRE_FALSE(consumer.AckAll(batch));
+  // Fewer than a batch there: those, at once.
+  std::vector<muon::bus::Msg> rest;
+  REQUIRE_FALSE(consumer.Fetch(100, 10s, rest));
+  CHECK(std::chrono::steady_clock::now() - asked < 5s);
+  REQUIRE(rest.size() == 15);
+  CHECK(rest.front().data() == "item-10");
+  REQUIRE_FALSE(consumer.AckAll(rest));
+
+  // Nothing there yet: the fetch waits and returns the message published meanwhile.
+  std::thread later([&] {
+    std::this_thread::sleep_for(300ms);  // the fetch below must be waiting by then
+    muon::bus::PubAck late_ack;
+    js.Publish("work.item", "late", "", late_ack);
+  });
+  std::vector<muon::bus::Msg> late;
+  const auto waiting = std::chrono::steady_clock::now();
+  const auto late_ec = consumer.Fetch(10, 10s, late);
+  later.join();
+  REQUIRE_FALSE(late_ec);
+  REQUIRE(late.size() == 1);
+  CHECK(late[0].data() == "late");
+  CHECK(std::chrono::steady_clock::now() - waiting < 5s);
+  REQUIRE_FALSE(consumer.Ack(late[0]));
+
+  // The consumer is deleted under a waiting fetch: kNotFound, and the consumer must be bound
+  // again.
+  std::thread deleter([&] {
+    std::this_thread::sleep_for(300ms);
+    jsErrCode code = static_cast<jsErrCode>(0);
+    js_DeleteConsumer(js.raw(), "WORK", "worker", nullptr, &code);
+  });
+  std::vector<muon::bus::Msg> gone;
+  const auto gone_ec = consumer.Fetch(10, 5s, gone);
+  deleter.join();
+  CHECK(gone_ec == BusErrc::kNotFound);
+  CHECK_FALSE(consumer.Valid());
+  REQUIRE_FALSE(js.PullSubscribe("WORK", {.durable = "worker"}, consumer));
+  CHECK(consumer.Valid());
+}

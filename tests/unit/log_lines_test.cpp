@@ -377,3 +377,34 @@ TEST_CASE("MaskSecrets replaces every occurrence of each secret", "[log_lines]")
   muon::loglines::MaskSecrets(untouched, {});
   CHECK(untouched == "nothing here");
 }
+
+TEST_CASE("AppendToBatch builds a LogBatch from serialized lines", "[log_lines]") {
+  std::string batch;
+  std::vector<v1::LogLine> lines;
+  for (int i = 0; i < 3; ++i) {
+    v1::LogLine line = Line();
+    line.set_seq(static_cast<uint64_t>(10 + i));
+    // The second one is longer than 127 bytes: its length takes a two-byte varint.
+    line.set_message(i == 1 ? std::string(300, 'x') : "line " + std::to_string(i));
+    muon::loglines::AppendToBatch(batch, line.SerializeAsString());
+    lines.push_back(line);
+  }
+  // An empty line serializes to nothing: still one element.
+  muon::loglines::AppendToBatch(batch, v1::LogLine().SerializeAsString());
+
+  v1::LogBatch parsed;
+  REQUIRE(parsed.ParseFromString(batch));
+  REQUIRE(parsed.lines_size() == 4);
+  for (int i = 0; i < 3; ++i) {
+    INFO("line " << i);
+    CHECK(parsed.lines(i).seq() == lines[i].seq());
+    CHECK(parsed.lines(i).message() == lines[i].message());
+  }
+  CHECK(parsed.lines(3).seq() == 0);
+
+  // The same bytes protobuf itself writes for the batch.
+  v1::LogBatch expected;
+  for (const auto& line : lines) *expected.add_lines() = line;
+  expected.add_lines();
+  CHECK(batch == expected.SerializeAsString());
+}
