@@ -75,8 +75,9 @@ namespace {
 struct Args {
   int ingest_seconds = 60;
   int warmup_seconds = -1;  // -1: min(10, ingest_seconds / 5)
-  int workers = 2;          // MUON_LOGS_INGEST_WORKERS (the service's default)
-  int batch = 5000;         // MUON_LOGS_BATCH_SIZE (the service's default)
+  // The service's defaults, from the same place muon-logs takes them.
+  int workers = muon::logs::LogsOptions().ingest_workers;  // MUON_LOGS_INGEST_WORKERS
+  int batch = muon::logs::LogsOptions().batch_size;        // MUON_LOGS_BATCH_SIZE (messages)
   std::string batch_wait;   // MUON_LOGS_BATCH_WAIT; empty: the service's default
   int publishers = 1;
   int64_t max_pending = 4096;  // per publisher, as the Shipper
@@ -96,8 +97,8 @@ void Usage(FILE* out) {
              "usage: logs_bench [options]\n"
              "  --ingest-seconds S   publish for S seconds (default 60)\n"
              "  --warmup-seconds S   left out of the steady-state window (default min(10, S/5))\n"
-             "  --workers N          MUON_LOGS_INGEST_WORKERS for muon-logs (default 2)\n"
-             "  --batch N            MUON_LOGS_BATCH_SIZE for muon-logs (default 5000)\n"
+             "  --workers N          MUON_LOGS_INGEST_WORKERS for muon-logs (default: its own)\n"
+             "  --batch N            MUON_LOGS_BATCH_SIZE (messages) for muon-logs (default: its own)\n"
              "  --batch-wait D       MUON_LOGS_BATCH_WAIT for muon-logs (default: its own)\n"
              "  --publishers N       publishing connections (default 1)\n"
              "  --max-pending N      js async publishes in flight per publisher (default 4096)\n"
