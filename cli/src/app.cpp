@@ -20,12 +20,14 @@
 #include "muon/common/errors.h"
 #include "muon/common/log_lines.h"
 #include "muon/common/v1/common.pb.h"
+#include "muon/github_events/v1/github_events.pb.h"
 
 namespace muon::cli {
 namespace {
 
 namespace pb = google::protobuf;
 namespace auth = muon::auth::v1;
+namespace gh = muon::github_events::v1;
 using std::chrono::milliseconds;
 
 constexpr size_t kMaxStdinBody = size_t{64} << 20;
@@ -316,13 +318,18 @@ class App {
     return credential;
   }
 
-  // POST /v1/auth/<method> with the session's token; returns the 2xx response.
-  HttpResponse AuthCall(const Endpoint& ep, std::string_view method, const pb::Message& request) {
+  // POST /v1/<service>/<method> with the session's token; returns the 2xx response.
+  HttpResponse ServiceCall(const Endpoint& ep, std::string_view service, std::string_view method,
+                           const pb::Message& request) {
     const auto session = Session(ep, true);
-    HttpResponse response =
-        Post(ep, fmt::format("/v1/auth/{}", method), ToJson(request), session->access_token());
+    HttpResponse response = Post(ep, fmt::format("/v1/{}/{}", service, method), ToJson(request),
+                                 session->access_token());
     Expect2xx(response, ep);
     return response;
+  }
+
+  HttpResponse AuthCall(const Endpoint& ep, std::string_view method, const pb::Message& request) {
+    return ServiceCall(ep, "auth", method, request);
   }
 
   void PrintJson(const std::string& raw) {
@@ -1043,6 +1050,161 @@ class App {
       PrintJson(response.body.empty() ? "{}" : response.body);
     } else {
       ctx_.out << fmt::format("Deleted rule {}.\n", cmd.id);
+    }
+    return kExitOk;
+  }
+
+  // ---- github-events -----------------------------------------------------------------------
+
+  // The secret of a --secret-file, read before anything is sent; never printed.
+  std::string Secret(const std::string& path) {
+    std::string problem;
+    auto secret = ReadSecretFile(path, &problem);
+    if (!secret) throw CliError(kExitUsage, problem);
+    return *secret;
+  }
+
+  int Do(const ReposListCmd&) {
+    const Endpoint ep = CurrentEndpoint();
+    const HttpResponse response =
+        ServiceCall(ep, "github-events", "ListRepos", gh::ListReposRequest());
+    if (json_) {
+      PrintJson(response.body);
+      return kExitOk;
+    }
+    const auto list = ParseReply<gh::ListReposResponse>(response, "ListRepos");
+    if (list.repos_size() == 0) {
+      ctx_.out << "No repos registered. Add one with: muon repos add OWNER/NAME --secret-file F\n";
+      return kExitOk;
+    }
+    const int64_t now = Now();
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& r : list.repos()) {
+      // The previous secret only matters while it is still accepted.
+      const auto& until = r.previous_secret_valid_until();
+      rows.push_back({r.name(), OrDash(r.branch()), OrDash(r.clone_url()),
+                      TimestampText(r.secret_updated_at()),
+                      until.seconds() > now ? TimestampText(until) : "-",
+                      std::to_string(r.rejected_deliveries())});
+    }
+    ctx_.out << RenderTable(
+        {"NAME", "BRANCH", "CLONE URL", "SECRET UPDATED", "PREVIOUS SECRET UNTIL", "REJECTED"},
+        rows);
+    return kExitOk;
+  }
+
+  int Do(const ReposAddCmd& cmd) {
+    gh::AddRepoRequest request;
+    request.set_name(cmd.name);
+    request.set_secret(Secret(cmd.secret_file));
+    request.set_clone_url(cmd.clone_url);
+    request.set_branch(cmd.branch);
+    const Endpoint ep = CurrentEndpoint();
+    const HttpResponse response = ServiceCall(ep, "github-events", "AddRepo", request);
+    if (json_) {
+      PrintJson(response.body);
+      return kExitOk;
+    }
+    const auto repo = ParseReply<gh::Repo>(response, "AddRepo");
+    const std::string branch =
+        !repo.branch().empty() ? repo.branch() : (cmd.branch.empty() ? "main" : cmd.branch);
+    ctx_.out << fmt::format(
+        "Added repo {} (branch {}). Point its GitHub webhook at {}/v1/github/events with content "
+        "type application/json and this secret.\n",
+        repo.name().empty() ? cmd.name : repo.name(), branch, ep.url.ToString());
+    return kExitOk;
+  }
+
+  int Do(const ReposRemoveCmd& cmd) {
+    const Endpoint ep = CurrentEndpoint();
+    gh::RemoveRepoRequest request;
+    request.set_name(cmd.name);
+    const HttpResponse response = ServiceCall(ep, "github-events", "RemoveRepo", request);
+    if (json_) {
+      PrintJson(response.body.empty() ? "{}" : response.body);
+    } else {
+      ctx_.out << fmt::format(
+          "Removed repo {}. Its webhooks are refused from now on; delete the webhook on GitHub "
+          "too.\n",
+          cmd.name);
+    }
+    return kExitOk;
+  }
+
+  int Do(const ReposRotateSecretCmd& cmd) {
+    gh::RotateSecretRequest request;
+    request.set_name(cmd.name);
+    request.set_secret(Secret(cmd.secret_file));
+    request.set_grace(cmd.grace);
+    const Endpoint ep = CurrentEndpoint();
+    const HttpResponse response = ServiceCall(ep, "github-events", "RotateSecret", request);
+    if (json_) {
+      PrintJson(response.body);
+      return kExitOk;
+    }
+    const auto repo = ParseReply<gh::Repo>(response, "RotateSecret");
+    const std::string name = repo.name().empty() ? cmd.name : repo.name();
+    const int64_t until = repo.previous_secret_valid_until().seconds();
+    if (until > Now()) {
+      ctx_.out << fmt::format(
+          "Rotated the webhook secret of {}. The old secret is accepted until {} ({}): set the "
+          "new one on the repository's GitHub webhook before then.\n",
+          name, FormatUnixTime(until), RelativeTo(until, Now()));
+    } else {
+      ctx_.out << fmt::format(
+          "Rotated the webhook secret of {}. The old secret is no longer accepted: set the new "
+          "one on the repository's GitHub webhook now.\n",
+          name);
+    }
+    return kExitOk;
+  }
+
+  // "refs/heads/main 1a2b3c4: <detail>" for a push, else the detail.
+  static std::string DeliveryDetail(const gh::Delivery& d) {
+    std::string push;
+    if (!d.ref().empty() || !d.after().empty()) {
+      push = OrDash(d.ref());
+      const std::string& after = d.after();
+      if (!after.empty() && after.find_first_not_of('0') == std::string::npos) {
+        push += " deleted";
+      } else if (!after.empty()) {
+        push += " " + after.substr(0, 7);
+      }
+    }
+    if (push.empty()) return OrDash(d.detail());
+    return d.detail().empty() ? push : push + ": " + d.detail();
+  }
+
+  int Do(const DeliveriesCmd& cmd) {
+    const Endpoint ep = CurrentEndpoint();
+    gh::ListDeliveriesRequest request;
+    request.set_repo(cmd.repo);
+    request.set_limit(cmd.limit);
+    const HttpResponse response = ServiceCall(ep, "github-events", "ListDeliveries", request);
+    if (json_) {
+      PrintJson(response.body);
+      return kExitOk;
+    }
+    const auto list = ParseReply<gh::ListDeliveriesResponse>(response, "ListDeliveries");
+    if (list.deliveries_size() == 0) {
+      ctx_.out << (cmd.repo.empty() ? std::string("No deliveries yet.\n")
+                                    : fmt::format("No deliveries for {} yet.\n", cmd.repo));
+    } else {
+      std::vector<std::vector<std::string>> rows;
+      for (const auto& d : list.deliveries()) {
+        rows.push_back({TimestampText(d.received_at()), OrDash(d.delivery_id()), OrDash(d.repo()),
+                        OrDash(d.event()), OrDash(d.status()), DeliveryDetail(d)});
+      }
+      ctx_.out << RenderTable({"RECEIVED", "DELIVERY", "REPO", "EVENT", "STATUS", "DETAIL"}, rows);
+    }
+    if (list.rejections_size() > 0) {
+      std::vector<std::vector<std::string>> rows;
+      for (const auto& r : list.rejections()) {
+        rows.push_back({OrDash(r.repo()), OrDash(r.reason()), std::to_string(r.count()),
+                        TimestampText(r.last_at())});
+      }
+      ctx_.out << "\nRejected (not stored):\n"
+               << RenderTable({"REPO", "REASON", "COUNT", "LAST"}, rows);
     }
     return kExitOk;
   }

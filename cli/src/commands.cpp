@@ -5,10 +5,15 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <charconv>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <map>
 
 #include "muon/cli/exit_codes.h"
+#include "muon/cli/output.h"
 #include "muon/common/config.h"
 #include "muon/common/log_lines.h"
 #include "muon/common/service.h"
@@ -134,6 +139,41 @@ const std::vector<CommandSpec>& Specs() {
         {"description", "T", false, "why the rule exists"}},
        "add an access rule (admin)"},
       {{"rules", "delete"}, {{"ID"}}, {}, "delete an access rule (admin)"},
+      {{"repos", "list"},
+       {},
+       {},
+       "list the GitHub repositories whose webhooks Muon accepts (admin)",
+       "PREVIOUS SECRET UNTIL: after rotate-secret, the old secret is still accepted until then.\n"
+       "REJECTED: deliveries refused for a bad or missing signature (see `muon deliveries`)."},
+      {{"repos", "add"},
+       {{"OWNER/NAME"}},
+       {{"secret-file", "F", false,
+         "file holding the webhook secret set on GitHub, one line (required)"},
+        {"clone-url", "URL", false,
+         "where to fetch from (default https://github.com/OWNER/NAME.git)"},
+        {"branch", "B", false, "the default branch: pushes to it deploy (default main)"}},
+       "register a GitHub repository and its webhook secret (admin)",
+       "Prints where to point the repository's GitHub webhook. The secret is never printed."},
+      {{"repos", "remove"},
+       {{"OWNER/NAME"}},
+       {},
+       "unregister a repository: its webhooks are refused from then on (admin)"},
+      {{"repos", "rotate-secret"},
+       {{"OWNER/NAME"}},
+       {{"secret-file", "F", false, "file holding the new webhook secret, one line (required)"},
+        {"grace", "D", false,
+         "how long the old secret stays valid, e.g. 1h, 24h; 0s for not at all (default 24h)"}},
+       "replace a repo's webhook secret; the old one stays valid for --grace (admin)",
+       "Set the new secret on GitHub before the grace period ends."},
+      {{"deliveries"},
+       {},
+       {{"repo", "OWNER/NAME", false, "only this repository's deliveries"},
+        {"lines", "N", false,
+         "how many of the newest deliveries to show (-n, 1-1000, default 50)"}},
+       "list the newest GitHub webhook deliveries and the rejected ones (admin)",
+       "DETAIL: for a push, the ref and the new commit, then what processing did.\n"
+       "Rejected deliveries (bad or missing signature, unknown repository) are not stored, only\n"
+       "counted per repository and reason; they are listed under the deliveries."},
   };
   return kSpecs;
 }
@@ -145,6 +185,7 @@ const std::map<std::string, std::pair<std::vector<std::string>, std::string>>& G
       {"accounts", {{"list", "disable", "enable"}, "list"}},
       {"invites", {{"list", "create"}, "list"}},
       {"rules", {{"list", "add", "delete"}, "list"}},
+      {"repos", {{"list", "add", "remove", "rotate-secret"}, "list"}},
   };
   return kGroups;
 }
@@ -397,8 +438,8 @@ LogsCmd BuildLogs(const Parsed& p, const std::string& service, const std::string
     throw UsageError("--until cannot be combined with -f (following has no end)", usage);
   }
   if (cmd.follow && !cmd.since.empty()) {
-    throw UsageError("--since cannot be combined with -f; -n N sets how many recent lines come first",
-                     usage);
+    throw UsageError(
+        "--since cannot be combined with -f; -n N sets how many recent lines come first", usage);
   }
   cmd.grep = p.Get("grep");
   if (p.Has("lines")) {
@@ -415,6 +456,31 @@ LogsCmd BuildLogs(const Parsed& p, const std::string& service, const std::string
     cmd.lines = value;
   }
   return cmd;
+}
+
+// `what` is "" for the OWNER/NAME argument, else the flag.
+std::string RepoName(const std::string& what, const std::string& name, const std::string& usage) {
+  if (!IsValidRepoName(name)) {
+    throw UsageError(fmt::format("{}'{}' is not a GitHub repository as OWNER/NAME (each part 1 "
+                                 "to 100 letters, digits, '.', '_', '-'; not . or ..)",
+                                 what.empty() ? "" : what + ": ", Sanitize(name)),
+                     usage);
+  }
+  return name;
+}
+
+// --clone-url and --branch are checked by github-events; locally only that they are one word.
+std::string OneWord(const Parsed& p, const std::string& flag, const std::string& usage) {
+  const std::string value = p.Get(flag);
+  if (p.Has(flag) && (value.empty() || std::any_of(value.begin(), value.end(), [](unsigned char c) {
+                        return std::isspace(c) || std::iscntrl(c);
+                      }))) {
+    throw UsageError(fmt::format("--{}: '{}' must be non-empty, without spaces or control "
+                                 "characters",
+                                 flag, Sanitize(value)),
+                     usage);
+  }
+  return value;
 }
 
 Command Build(const CommandSpec& spec, const Parsed& p, const std::string& usage) {
@@ -558,6 +624,47 @@ Command Build(const CommandSpec& spec, const Parsed& p, const std::string& usage
     if (pos(0).empty()) throw UsageError("ID must not be empty", usage);
     return RulesDeleteCmd{pos(0)};
   }
+  if (path == "repos list") return ReposListCmd{};
+  if (path == "repos add") {
+    ReposAddCmd cmd;
+    cmd.name = RepoName("", pos(0), usage);
+    cmd.secret_file = Required(p, "secret-file", usage);
+    cmd.clone_url = OneWord(p, "clone-url", usage);
+    cmd.branch = OneWord(p, "branch", usage);
+    return cmd;
+  }
+  if (path == "repos remove") return ReposRemoveCmd{RepoName("", pos(0), usage)};
+  if (path == "repos rotate-secret") {
+    ReposRotateSecretCmd cmd;
+    cmd.name = RepoName("", pos(0), usage);
+    cmd.secret_file = Required(p, "secret-file", usage);
+    if (p.Has("grace")) {
+      cmd.grace = p.Get("grace");
+      // The parser of --timeout and --ttl; 0s is allowed here (the old secret ends at once).
+      if (!config::ParseDuration(cmd.grace)) {
+        throw UsageError(fmt::format("--grace: '{}' is not a duration (e.g. 0s, 30m, 24h, 7d)",
+                                     Sanitize(cmd.grace)),
+                         usage);
+      }
+    }
+    return cmd;
+  }
+  if (path == "deliveries") {
+    DeliveriesCmd cmd;
+    if (p.Has("repo")) cmd.repo = RepoName("--repo", p.Get("repo"), usage);
+    if (p.Has("lines")) {
+      const std::string n = p.Get("lines");
+      int value = 0;
+      auto [ptr, ec] = std::from_chars(n.data(), n.data() + n.size(), value);
+      if (ec != std::errc() || ptr != n.data() + n.size() || value < 1 || value > 1000) {
+        throw UsageError(
+            fmt::format("-n: '{}' is not a number of deliveries from 1 to 1000", Sanitize(n)),
+            usage);
+      }
+      cmd.limit = value;
+    }
+    return cmd;
+  }
   throw UsageError(fmt::format("unknown command '{}'", path), MainUsage());
 }
 
@@ -584,6 +691,56 @@ bool IsValidMethodName(std::string_view name) {
          (std::isalpha(static_cast<unsigned char>(name[0])) || name[0] == '_') &&
          std::all_of(name.begin(), name.end(),
                      [](unsigned char c) { return std::isalnum(c) || c == '_'; });
+}
+
+bool IsValidRepoName(std::string_view name) {
+  const auto slash = name.find('/');
+  if (slash == std::string_view::npos) return false;
+  auto part_ok = [](std::string_view part) {
+    return !part.empty() && part.size() <= 100 && part != "." && part != ".." &&
+           NameChars(part, true);
+  };
+  return part_ok(name.substr(0, slash)) && part_ok(name.substr(slash + 1));
+}
+
+std::optional<std::string> SecretFromFileText(std::string_view text, std::string* problem) {
+  auto fail = [&](std::string why) -> std::optional<std::string> {
+    if (problem != nullptr) *problem = std::move(why);
+    return std::nullopt;
+  };
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.remove_suffix(1);
+  if (text.empty()) return fail("it is empty");
+  if (text.find_first_of("\r\n") != std::string_view::npos) {
+    return fail("it has more than one line (the secret is one line, as set on GitHub)");
+  }
+  if (text.find('\0') != std::string_view::npos) return fail("it contains a NUL byte");
+  return std::string(text);
+}
+
+std::optional<std::string> ReadSecretFile(const std::string& path, std::string* problem) {
+  constexpr size_t kMaxSecretFile = size_t{64} << 10;
+  auto fail = [&](const std::string& why) -> std::optional<std::string> {
+    if (problem != nullptr) {
+      *problem = fmt::format("--secret-file: cannot use '{}': {}", Sanitize(path), why);
+    }
+    return std::nullopt;
+  };
+  if (path.empty()) return fail("no file named");
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return fail("it is a directory");
+  std::ifstream file(path, std::ios::binary);
+  if (!file) return fail(std::strerror(errno));
+  std::string text;
+  char buf[4096];
+  while (file.read(buf, sizeof buf) || file.gcount() > 0) {
+    text.append(buf, static_cast<size_t>(file.gcount()));
+    if (text.size() > kMaxSecretFile) return fail("it is larger than 64 KiB");
+  }
+  if (file.bad()) return fail("read error");
+  std::string why;
+  auto secret = SecretFromFileText(text, &why);
+  if (!secret) return fail(why);
+  return secret;
 }
 
 std::string_view CliVersion() {

@@ -101,6 +101,7 @@ IngressApp::IngressApp(const config::Values& config, bus::Connection& control_bu
   server_options.port = port;
   server_options.workers = workers;
   server_options.max_body_bytes = static_cast<size_t>(config.Int("max-body"));
+  server_options.path_body_limits.emplace(std::string(kWebhookPath), kWebhookMaxBody);
   server_options.tls_cert_file = config.String("tls-cert");
   server_options.tls_key_file = config.String("tls-key");
   server_ = std::make_unique<HttpServer>(server_options, *gateway_);

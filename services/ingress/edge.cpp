@@ -54,6 +54,11 @@ Route ParseRoute(std::string_view verb, std::string_view target) {
   if (path == "/metrics") return simple(RouteKind::kMetrics, "GET", "/metrics");
   if (path == "/v1/services") return simple(RouteKind::kServices, "GET", "/v1/services");
   if (path == "/v1/auth/keys") return simple(RouteKind::kKeys, "GET", "/v1/auth/keys");
+  if (path == kWebhookPath) {
+    route.service = "github-events";
+    route.method = "Webhook";
+    return simple(RouteKind::kWebhook, "POST", std::string(kWebhookPath));
+  }
   if (path == "/v1/logs/tail") {
     route.service = "logs";
     route.method = "Tail";

@@ -22,6 +22,7 @@ enum class RouteKind {
   kReady,     // GET /readyz
   kMetrics,   // GET /metrics
   kLogTail,   // GET /v1/logs/tail?service=...: server-sent events
+  kWebhook,   // POST /v1/github/events: raw body and headers to github-events.Webhook
   kNotFound,
   kMethodNotAllowed,
   kBadName,  // /v1/<service>/<Method> with characters a subject token cannot hold
@@ -35,6 +36,10 @@ struct Route {
 };
 
 // `verb` is the HTTP method ("GET", "POST"), `target` the request target (query ignored).
+// Where GitHub posts webhooks; bodies up to kWebhookMaxBody (GitHub caps payloads at 25 MB).
+inline constexpr std::string_view kWebhookPath = "/v1/github/events";
+inline constexpr size_t kWebhookMaxBody = 25 * 1024 * 1024;
+
 Route ParseRoute(std::string_view verb, std::string_view target);
 
 // The decoded query string of a target ("a=1&b=x%20y"); later keys win. Throws

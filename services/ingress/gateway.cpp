@@ -10,6 +10,7 @@
 #include "muon/common/log_lines.h"
 #include "muon/common/proto_registry.h"
 #include "muon/common/service.h"
+#include "muon/github_events/v1/github_events.pb.h"
 
 namespace muon::ingress {
 namespace http = boost::beast::http;
@@ -42,6 +43,22 @@ std::string_view HeaderOr(const Request& request, std::string_view name,
 }
 
 }  // namespace
+
+std::string WebhookPayload(Request& request) {
+  github_events::v1::WebhookRequest webhook;
+  auto& headers = *webhook.mutable_headers();
+  for (const auto& field : request) {
+    std::string name(field.name_string());
+    std::transform(name.begin(), name.end(), name.begin(),
+                   [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+    std::string& value = headers[name];
+    // A repeated header keeps all its values, as HTTP allows combining them.
+    if (!value.empty()) value += ", ";
+    value += std::string(field.value());
+  }
+  webhook.set_body(std::move(request.body()));
+  return webhook.SerializeAsString();
+}
 
 bool IsPlatformService(std::string_view service) {
   static const std::set<std::string_view> kPlatform = {"auth",    "builder", "scheduler",
@@ -286,21 +303,26 @@ void Gateway::HandleCall(std::shared_ptr<Call> call) {
                             ? fmt::format("service {} has no HTTP API yet", c.route.service)
                             : fmt::format("{} has no method {}", c.route.service, c.route.method)));
     }
-    auto input = NewMessage(c.method->input_type());
-    const std::string_view body =
-        request.body().empty() ? std::string_view("{}") : std::string_view(request.body());
-    google::protobuf::util::JsonParseOptions parse;
-    parse.ignore_unknown_fields = false;
-    auto status = google::protobuf::util::JsonStringToMessage(
-        google::protobuf::StringPiece(body.data(), body.size()), input.get(), parse);
-    if (!status.ok()) {
-      return Finish(c, ErrorResponse(c, 400,
-                                     fmt::format("request body is not valid JSON for {}: {}",
-                                                 c.method->input_type()->full_name(),
-                                                 status.message().as_string())));
+    if (c.route.kind == RouteKind::kWebhook) {
+      payload = WebhookPayload(c.request);
+      subject = PlatformSubject(c.route.service, c.route.method);
+    } else {
+      auto input = NewMessage(c.method->input_type());
+      const std::string_view body =
+          request.body().empty() ? std::string_view("{}") : std::string_view(request.body());
+      google::protobuf::util::JsonParseOptions parse;
+      parse.ignore_unknown_fields = false;
+      auto status = google::protobuf::util::JsonStringToMessage(
+          google::protobuf::StringPiece(body.data(), body.size()), input.get(), parse);
+      if (!status.ok()) {
+        return Finish(c, ErrorResponse(c, 400,
+                                       fmt::format("request body is not valid JSON for {}: {}",
+                                                   c.method->input_type()->full_name(),
+                                                   status.message().as_string())));
+      }
+      payload = input->SerializeAsString();
+      subject = PlatformSubject(c.route.service, c.route.method);
     }
-    payload = input->SerializeAsString();
-    subject = PlatformSubject(c.route.service, c.route.method);
   } else {
     const std::string_view content_type = HeaderOr(request, "Content-Type", "");
     if (!content_type.empty()) headers.emplace_back(bus::kHeaderContentType, content_type);

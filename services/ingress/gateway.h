@@ -68,5 +68,8 @@ class Gateway : public RequestHandler {
 
 // Platform services: their methods are looked up in the compiled-in descriptors.
 bool IsPlatformService(std::string_view service);
+// The github-events.Webhook request for a webhook POST: the body byte for byte (moved out of
+// `request`) and every header, names in lower case.
+std::string WebhookPayload(Request& request);
 
 }  // namespace muon::ingress

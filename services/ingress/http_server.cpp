@@ -117,6 +117,21 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     parser_->body_limit(options_.max_body_bytes);
     parser_->header_limit(64 * 1024);
     beast::get_lowest_layer(stream_).expires_after(options_.idle_timeout);
+    // The head first: the body limit depends on the path (webhooks may be large).
+    http::async_read_header(stream_, buffer_, *parser_,
+                            [self = this->shared_from_this()](beast::error_code ec, size_t) {
+                              if (ec) return self->OnRead(ec);
+                              self->ReadBody();
+                            });
+  }
+
+  void ReadBody() {
+    const auto target = parser_->get().target();
+    const std::string_view path(target.data(), std::min(target.find('?'), target.size()));
+    const auto limit = options_.path_body_limits.find(path);
+    body_limit_ =
+        limit == options_.path_body_limits.end() ? options_.max_body_bytes : limit->second;
+    parser_->body_limit(body_limit_);
     http::async_read(
         stream_, buffer_, *parser_,
         [self = this->shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
@@ -129,8 +144,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       return Close();
     }
     if (ec == http::error::body_limit) {
-      return Refuse(
-          413, fmt::format("request body is over the limit of {} bytes", options_.max_body_bytes));
+      return Refuse(413, fmt::format("request body is over the limit of {} bytes", body_limit_));
     }
     if (ec == http::error::header_limit) {
       return Refuse(400, "request headers are over the 64 KiB limit");
@@ -304,7 +318,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   std::optional<http::request_parser<http::string_body>> parser_;
   std::unique_ptr<Response> response_;
   bool keep_alive_ = true;
-  bool counted_ = false;  // this connection's current request is in the in-flight count
+  size_t body_limit_ = 0;  // of the request being read
+  bool counted_ = false;   // this connection's current request is in the in-flight count
   // Streamed response state (worker thread only).
   std::weak_ptr<SessionStream> stream_handle_;
   std::unique_ptr<http::response<http::empty_body>> stream_head_;

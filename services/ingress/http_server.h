@@ -11,6 +11,7 @@
 #include <boost/beast/http.hpp>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -62,6 +63,8 @@ struct ServerOptions {
   uint16_t port = 8080;
   size_t workers = 2;
   size_t max_body_bytes = 8 * 1024 * 1024;
+  // Paths (without the query) with a body limit of their own, e.g. the webhook route.
+  std::map<std::string, size_t, std::less<>> path_body_limits;
   std::chrono::seconds idle_timeout{60};
   std::string tls_cert_file;  // both set: HTTPS
   std::string tls_key_file;

@@ -374,8 +374,11 @@ void NatsServer::Start() {
   if (process_.Running()) throw std::logic_error("NatsServer::Start: already running");
   ProcessOptions options;
   options.program = FindProgram("nats-server");
-  options.args = {"-a",  "127.0.0.1",         "-p", std::to_string(port_), "-js",
-                  "-sd", dir_->path() + "/js"};
+  // As scripts/up configures it: GitHub webhook bodies (up to 25 MB) travel in one message.
+  const std::string config = dir_->path() + "/nats.conf";
+  if (!std::ifstream(config)) std::ofstream(config) << "max_payload: 32MB\n";
+  options.args = {"-c", config, "-a",  "127.0.0.1",          "-p",
+                  std::to_string(port_), "-js", "-sd", dir_->path() + "/js"};
   // Output redirection instead of -l also catches what the server prints before its logger is
   // configured (flag errors, panics).
   options.output_file = log_path();

@@ -663,3 +663,193 @@ TEST_CASE("cli http: https verifies the ingress's certificate unless told not to
                              ": No such file or directory") != std::string::npos);
   }
 }
+
+// ---- github-events: muon repos, muon deliveries ------------------------------------------------
+
+TEST_CASE("cli http: repos add reads the secret file, sends AddRepo and prints the webhook",
+          "[cli][http]") {
+  TestServer server(
+      {Json(200, R"({"name":"acme/shop","cloneUrl":"https://github.com/acme/shop.git",)"
+                 R"("branch":"trunk","createdAt":"2023-11-14T22:13:20Z",)"
+                 R"("secretUpdatedAt":"2023-11-14T22:13:20Z"})"),
+       Json(200, R"({"name":"acme/web","branch":"main"})")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+  const fs::path secret = fs::path(cli.home.path()) / "secret.txt";
+  std::ofstream(secret) << "hunter2-webhook\r\n";
+
+  REQUIRE(cli.Run({"repos", "add", "acme/shop", "--secret-file", secret.string(), "--branch",
+                   "trunk"}) == 0);
+  CHECK(cli.out.str() == "Added repo acme/shop (branch trunk). Point its GitHub webhook at " +
+                             server.url() +
+                             "/v1/github/events with content type application/json and this "
+                             "secret.\n");
+  CHECK(cli.err.str().empty());
+  REQUIRE(cli.Run({"-o", "json", "repos", "add", "acme/web", "--secret-file", secret.string(),
+                   "--clone-url", "git@github.com:acme/web.git"}) == 0);
+  CHECK(cli.out.str() == "{\"branch\":\"main\",\"name\":\"acme/web\"}\n");
+
+  const auto seen = server.seen();
+  REQUIRE(seen.size() == 2);
+  CHECK(seen[0].method == "POST");
+  CHECK(seen[0].target == "/v1/github-events/AddRepo");
+  CHECK(seen[0].headers.at("content-type") == "application/json");
+  CHECK(seen[0].headers.at("authorization") == "Bearer access-1");
+  CHECK(seen[0].body == R"({"name":"acme/shop","secret":"hunter2-webhook","branch":"trunk"})");
+  CHECK(
+      seen[1].body ==
+      R"({"name":"acme/web","secret":"hunter2-webhook","cloneUrl":"git@github.com:acme/web.git"})");
+  CHECK(cli.out.str().find("hunter2") == std::string::npos);
+}
+
+TEST_CASE("cli http: a missing or empty secret file is a usage error before anything is sent",
+          "[cli][http]") {
+  TestServer server({});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+  const fs::path missing = fs::path(cli.home.path()) / "missing.txt";
+  CHECK(cli.Run({"repos", "add", "acme/shop", "--secret-file", missing.string()}) ==
+        muon::cli::kExitUsage);
+  CHECK(cli.err.str() ==
+        "error: --secret-file: cannot use '" + missing.string() + "': No such file or directory\n");
+  CHECK(cli.out.str().empty());
+
+  const fs::path empty = fs::path(cli.home.path()) / "empty.txt";
+  std::ofstream(empty) << "\n";
+  CHECK(cli.Run({"repos", "rotate-secret", "acme/shop", "--secret-file", empty.string()}) ==
+        muon::cli::kExitUsage);
+  CHECK(cli.err.str() ==
+        "error: --secret-file: cannot use '" + empty.string() + "': it is empty\n");
+
+  // Also before the session is looked at: not logged in makes no difference.
+  cli.store().SaveCredentials({});
+  CHECK(cli.Run({"repos", "add", "acme/shop", "--secret-file", empty.string()}) ==
+        muon::cli::kExitUsage);
+  CHECK(cli.Run({"repos", "add", "acme", "--secret-file", empty.string()}) ==
+        muon::cli::kExitUsage);
+  CHECK(cli.err.str().rfind("error: 'acme' is not a GitHub repository as OWNER/NAME", 0) == 0);
+  CHECK(server.seen().empty());
+}
+
+TEST_CASE("cli http: repos list, remove and rotate-secret", "[cli][http]") {
+  const std::string repos =
+      R"({"repos":[{"name":"acme/shop","cloneUrl":"https://github.com/acme/shop.git",)"
+      R"("branch":"main","secretUpdatedAt":"2023-11-14T21:13:20Z",)"
+      R"("previousSecretValidUntil":"2023-11-15T21:13:20Z","rejectedDeliveries":"3"},)"
+      R"({"name":"acme/web","cloneUrl":"https://github.com/acme/web.git","branch":"trunk",)"
+      R"("secretUpdatedAt":"2023-11-01T00:00:00Z",)"
+      R"("previousSecretValidUntil":"2023-11-02T00:00:00Z"}]})";
+  TestServer server(
+      {Json(200, repos), Json(200, repos), Json(200, R"({"repos":[]})"), Json(200, "{}"),
+       Json(200, R"({"name":"acme/shop","secretUpdatedAt":"2023-11-14T22:13:20Z",)"
+                 R"("previousSecretValidUntil":"2023-11-14T23:13:20Z"})"),
+       Json(200, R"({"name":"acme/shop"})"),
+       PlatformError(404, "github-events.RotateSecret", "no repo acme/nope", "Not Found", "r5")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+  const fs::path secret = fs::path(cli.home.path()) / "new.txt";
+  std::ofstream(secret) << "n3w-secret\n";
+
+  REQUIRE(cli.Run({"repos"}) == 0);
+  // acme/web's previous secret expired long ago: nothing to show.
+  CHECK(cli.out.str() ==
+        "NAME        BRANCH   CLONE URL                          SECRET UPDATED            "
+        "PREVIOUS SECRET UNTIL     REJECTED\n"
+        "acme/shop   main     https://github.com/acme/shop.git   2023-11-14 21:13:20 UTC   "
+        "2023-11-15 21:13:20 UTC   3\n"
+        "acme/web    trunk    https://github.com/acme/web.git    2023-11-01 00:00:00 UTC   "
+        "-                         0\n");
+  REQUIRE(cli.Run({"repos", "list", "--output", "json"}) == 0);
+  CHECK(cli.out.str().rfind("{\"repos\":[{\"branch\":\"main\",", 0) == 0);
+  REQUIRE(cli.Run({"repos", "list"}) == 0);
+  CHECK(cli.out.str() ==
+        "No repos registered. Add one with: muon repos add OWNER/NAME --secret-file F\n");
+
+  REQUIRE(cli.Run({"repos", "remove", "acme/web"}) == 0);
+  CHECK(cli.out.str() ==
+        "Removed repo acme/web. Its webhooks are refused from now on; delete the webhook on "
+        "GitHub too.\n");
+
+  REQUIRE(cli.Run({"repos", "rotate-secret", "acme/shop", "--secret-file", secret.string(),
+                   "--grace", "1h"}) == 0);
+  CHECK(cli.out.str() ==
+        "Rotated the webhook secret of acme/shop. The old secret is accepted until 2023-11-14 "
+        "23:13:20 UTC (in 1h): set the new one on the repository's GitHub webhook before then.\n");
+  REQUIRE(cli.Run({"repos", "rotate-secret", "acme/shop", "--secret-file", secret.string(),
+                   "--grace", "0s"}) == 0);
+  CHECK(cli.out.str() ==
+        "Rotated the webhook secret of acme/shop. The old secret is no longer accepted: set the "
+        "new one on the repository's GitHub webhook now.\n");
+  CHECK(cli.Run({"repos", "rotate-secret", "acme/nope", "--secret-file", secret.string()}) ==
+        muon::cli::kExitNotFound);
+  CHECK(cli.err.str() == "error: no repo acme/nope (404 Not Found, request r5)\n");
+
+  const auto seen = server.seen();
+  REQUIRE(seen.size() == 7);
+  CHECK(seen[0].target == "/v1/github-events/ListRepos");
+  CHECK(seen[0].body == "{}");
+  CHECK(seen[3].target == "/v1/github-events/RemoveRepo");
+  CHECK(seen[3].body == R"({"name":"acme/web"})");
+  CHECK(seen[4].target == "/v1/github-events/RotateSecret");
+  CHECK(seen[4].body == R"({"name":"acme/shop","secret":"n3w-secret","grace":"1h"})");
+  CHECK(seen[5].body == R"({"name":"acme/shop","secret":"n3w-secret","grace":"0s"})");
+  CHECK(seen[6].body == R"({"name":"acme/nope","secret":"n3w-secret"})");
+}
+
+TEST_CASE("cli http: deliveries, then the rejected ones", "[cli][http]") {
+  const std::string page =
+      R"({"deliveries":[)"
+      R"({"deliveryId":"d-2","repo":"acme/shop","event":"push","status":"processed",)"
+      R"("detail":"build b-7","receivedAt":"2023-11-14T22:10:00Z","ref":"refs/heads/main",)"
+      R"("before":"0000000000000000000000000000000000000001",)"
+      R"("after":"1a2b3c4d5e6f1a2b3c4d5e6f1a2b3c4d5e6f1a2b","bodyBytes":"7000"},)"
+      R"({"deliveryId":"d-1","repo":"acme/shop","event":"ping","status":"ignored",)"
+      R"("receivedAt":"2023-11-14T22:00:00Z"},)"
+      R"({"deliveryId":"d-0","repo":"acme/shop","event":"push","status":"processed",)"
+      R"("receivedAt":"2023-11-14T21:00:00Z","ref":"refs/heads/old",)"
+      R"("after":"0000000000000000000000000000000000000000"}],)"
+      R"("rejections":[{"repo":"acme/shop","reason":"bad signature","count":"4",)"
+      R"("lastAt":"2023-11-14T22:12:00Z"},{"reason":"unknown repository","count":"1",)"
+      R"("lastAt":"2023-11-14T20:00:00Z"}]})";
+  TestServer server({Json(200, page), Json(200, page), Json(200, "{}")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+
+  REQUIRE(cli.Run({"deliveries"}) == 0);
+  CHECK(cli.out.str() ==
+        "RECEIVED                  DELIVERY   REPO        EVENT   STATUS      DETAIL\n"
+        "2023-11-14 22:10:00 UTC   d-2        acme/shop   push    processed   refs/heads/main "
+        "1a2b3c4: build b-7\n"
+        "2023-11-14 22:00:00 UTC   d-1        acme/shop   ping    ignored     -\n"
+        "2023-11-14 21:00:00 UTC   d-0        acme/shop   push    processed   refs/heads/old "
+        "deleted\n"
+        "\n"
+        "Rejected (not stored):\n"
+        "REPO        REASON               COUNT   LAST\n"
+        "acme/shop   bad signature        4       2023-11-14 22:12:00 UTC\n"
+        "-           unknown repository   1       2023-11-14 20:00:00 UTC\n");
+  REQUIRE(cli.Run({"deliveries", "--repo", "acme/shop", "-n", "2", "-o", "json"}) == 0);
+  CHECK(cli.out.str().rfind("{\"deliveries\":[{\"after\":\"1a2b3c4d", 0) == 0);
+  CHECK(cli.out.str().find("\"rejections\":[{\"count\":\"4\"") != std::string::npos);
+  REQUIRE(cli.Run({"deliveries", "--repo", "acme/web"}) == 0);
+  CHECK(cli.out.str() == "No deliveries for acme/web yet.\n");
+
+  const auto seen = server.seen();
+  REQUIRE(seen.size() == 3);
+  CHECK(seen[0].target == "/v1/github-events/ListDeliveries");
+  CHECK(seen[0].body == "{}");
+  CHECK(seen[1].body == R"({"repo":"acme/shop","limit":2})");
+  CHECK(seen[2].body == R"({"repo":"acme/web"})");
+}
+
+TEST_CASE("cli http: a rule that denies repos is exit code 4", "[cli][http]") {
+  TestServer server(
+      {PlatformError(403, "github-events.ListRepos",
+                     "no rule allows github-events.ListRepos for developer", "Forbidden", "r1")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+  CHECK(cli.Run({"repos"}) == muon::cli::kExitForbidden);
+  CHECK(cli.err.str() ==
+        "error: no rule allows github-events.ListRepos for developer (403 "
+        "Forbidden, request r1)\n");
+}

@@ -108,11 +108,33 @@ struct RulesDeleteCmd {
   std::string id;
 };
 
+// github-events: registered repositories and their webhook deliveries.
+struct ReposListCmd {};
+struct ReposAddCmd {
+  std::string name;         // OWNER/NAME (IsValidRepoName)
+  std::string secret_file;  // read when the command runs (ReadSecretFile)
+  std::string clone_url;    // empty = the server's default, https://github.com/<name>.git
+  std::string branch;       // empty = the server's default, main
+};
+struct ReposRemoveCmd {
+  std::string name;
+};
+struct ReposRotateSecretCmd {
+  std::string name;
+  std::string secret_file;
+  std::string grace;  // as given (validated: a duration, 0s allowed); empty = the server's 24h
+};
+struct DeliveriesCmd {
+  std::string repo;  // empty = every repo
+  int limit = 0;     // -n; 0 = the server's default (50)
+};
+
 using Command =
     std::variant<HelpCmd, VersionCmd, EnvListCmd, EnvAddCmd, EnvUseCmd, EnvRemoveCmd, LoginCmd,
                  LogoutCmd, WhoamiCmd, TokenCmd, SignupCmd, PasswdCmd, CallCmd, ServicesCmd,
                  LogsCmd, AccountsListCmd, AccountsSetDisabledCmd, InvitesListCmd, InvitesCreateCmd,
-                 RulesListCmd, RulesAddCmd, RulesDeleteCmd>;
+                 RulesListCmd, RulesAddCmd, RulesDeleteCmd, ReposListCmd, ReposAddCmd,
+                 ReposRemoveCmd, ReposRotateSecretCmd, DeliveriesCmd>;
 
 struct Invocation {
   GlobalOptions global;
@@ -145,5 +167,17 @@ std::string_view CliVersion();
 bool IsValidEnvName(std::string_view name);
 bool IsValidServiceName(std::string_view name);
 bool IsValidMethodName(std::string_view name);
+
+// A GitHub repository as OWNER/NAME: exactly one '/', each side 1 to 100 of A-Z a-z 0-9 . _ -
+// and neither side "." or "..".
+bool IsValidRepoName(std::string_view name);
+
+// The webhook secret in the text of a --secret-file: trailing line breaks (LF, CR) removed. The
+// result must be non-empty and one line; otherwise nullopt and *problem says why.
+std::optional<std::string> SecretFromFileText(std::string_view text, std::string* problem);
+
+// Reads a --secret-file (at most 64 KiB) through SecretFromFileText. A missing, unreadable or
+// unsuitable file: nullopt and *problem, a one-line reason naming the file, never its content.
+std::optional<std::string> ReadSecretFile(const std::string& path, std::string* problem);
 
 }  // namespace muon::cli
