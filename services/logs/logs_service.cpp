@@ -14,6 +14,9 @@ namespace {
 
 using Clock = std::chrono::system_clock;
 constexpr const char* kDurable = "logs";
+constexpr std::chrono::seconds kAckWait{30};
+// Time left for the commit itself after the last check that the ack wait has not run out.
+constexpr std::chrono::seconds kAckWaitMargin{10};
 constexpr int kMaxLimit = 10000;
 
 int64_t Micros(Clock::time_point t) {
@@ -308,10 +311,11 @@ std::vector<StoredLine> LogsApp::Decode(std::vector<bus::Msg>& messages) {
   return out;
 }
 
-bool LogsApp::StoreOneByOne(const std::vector<StoredLine>& batch) {
+bool LogsApp::StoreOneByOne(const std::vector<StoredLine>& batch,
+                            std::chrono::steady_clock::time_point unchecked_until) {
   for (const auto& stored : batch) {
     try {
-      store_->Insert({stored});
+      store_->Insert({stored}, unchecked_until);
     } catch (const std::exception& e) {
       const auto code = db::Classify(e);
       if (code == db::DbErrc::kUnavailable || code == db::DbErrc::kPoolTimeout ||
@@ -351,7 +355,7 @@ void LogsApp::IngestLoop(int worker) {
       // No filter_subject: the stream holds only log lines, and a filtered consumer makes
       // nats-server count the filtered pending messages on every pull (measured: a backlog of
       // 1M lines drained in 130 s with the filter, 1.1 s without).
-      cc.ack_wait = std::chrono::seconds(30);
+      cc.ack_wait = kAckWait;
       cc.max_ack_pending = 200000;
       if (auto ec = js.PullSubscribe(loglines::kStreamName, cc, consumer)) {
         log::Warn("cannot bind to the log stream's consumer; retrying", {{"error", ec.message()}});
@@ -360,14 +364,18 @@ void LogsApp::IngestLoop(int worker) {
       }
     }
     std::vector<bus::Msg> messages;
+    // Every message of this fetch was delivered after this instant, so no second copy of it can
+    // be delivered before this instant plus the ack wait.
+    const auto fetched_at = std::chrono::steady_clock::now();
     const auto ec = consumer.Fetch(options_.batch_size, options_.batch_wait, messages);
+    const auto unchecked_until = fetched_at + kAckWait - kAckWaitMargin;
     if (messages.empty()) {
       if (ec && ec != bus::BusErrc::kTimeout) pause(std::chrono::milliseconds(250));
       continue;
     }
     std::vector<StoredLine> batch = Decode(messages);
     try {
-      store_->Insert(batch);
+      store_->Insert(batch, unchecked_until);
     } catch (const std::exception& e) {
       stats_.failures++;
       if (db::Classify(e) == db::DbErrc::kUnavailable ||
@@ -382,7 +390,7 @@ void LogsApp::IngestLoop(int worker) {
       // line cannot hold back the others forever; the ones refused alone are dropped, loudly.
       log::Warn("a batch of log lines was refused; storing it line by line",
                 {{"lines", batch.size()}, {"error", e.what()}});
-      if (!StoreOneByOne(batch)) {
+      if (!StoreOneByOne(batch, unchecked_until)) {
         for (const auto& m : messages) consumer.Nak(m);
         pause(std::chrono::seconds(1));
         continue;

@@ -79,7 +79,8 @@ class LogsApp {
   void MaintenanceLoop();
   std::vector<StoredLine> Decode(std::vector<bus::Msg>& messages);
   // False when the database became unreachable midway (the batch is to be redelivered).
-  bool StoreOneByOne(const std::vector<StoredLine>& batch);
+  bool StoreOneByOne(const std::vector<StoredLine>& batch,
+                     std::chrono::steady_clock::time_point unchecked_until);
 
   LogsOptions options_;
   bus::Connection& bus_;

@@ -111,34 +111,51 @@ void PgStore::Migrate() {
   db::Migrate(pool_, "logs", migrations_generated::muon_logs_lib_migrations());
 }
 
-size_t PgStore::Insert(const std::vector<StoredLine>& batch) {
+size_t PgStore::Insert(const std::vector<StoredLine>& batch,
+                       std::chrono::steady_clock::time_point unchecked_until) {
   if (batch.empty()) return 0;
-  bool any_redelivered = false;
-  for (const auto& s : batch) any_redelivered |= s.redelivered;
-  return pool_.Run([&](pqxx::connection& c) -> size_t {
-    pqxx::work tx(c);
-    // Lines delivered for the first time cannot be stored yet (only their consumer stores
-    // them, and it acks after the commit): they go straight in with COPY.
-    CopyRows(tx, "logs.lines", batch, false, true);
-    size_t written = batch.size();
-    if (any_redelivered) {
-      // Two replicas (or workers) handling redeliveries of the same line at once would both miss
-      // the other's uncommitted row: they take turns (only redelivered batches pay for this).
-      tx.exec("SELECT pg_advisory_xact_lock(hashtext('logs.redelivery'))");
-      tx.exec0("CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE logs.lines) ON COMMIT DELETE ROWS");
-      CopyRows(tx, "incoming", batch, true, false);
-      const auto r = tx.exec0(
-          "INSERT INTO logs.lines SELECT DISTINCT ON (i.service, i.instance, i.seq, i.ts) i.*"
-          " FROM incoming i WHERE NOT EXISTS ("
-          " SELECT 1 FROM logs.lines l WHERE l.service = i.service AND l.ts = i.ts"
-          " AND l.instance = i.instance AND l.seq = i.seq)");
-      size_t redelivered = 0;
-      for (const auto& s : batch) redelivered += s.redelivered ? 1 : 0;
-      written = written - redelivered + static_cast<size_t>(r.affected_rows());
-    }
-    tx.commit();
-    return written;
-  });
+  size_t redelivered = 0;
+  for (const auto& s : batch) redelivered += s.redelivered ? 1 : 0;
+  // check_all: every line goes through the check, first deliveries included.
+  auto attempt = [&](bool check_all) {
+    return pool_.Run([&](pqxx::connection& c) -> std::optional<size_t> {
+      pqxx::work tx(c);
+      size_t written = 0;
+      if (!check_all && redelivered < batch.size()) {
+        // Lines delivered for the first time cannot be stored yet (only their consumer stores
+        // them, and it acks after the commit): they go straight in with COPY.
+        CopyRows(tx, "logs.lines", batch, false, true);
+        written = batch.size() - redelivered;
+      }
+      if (check_all || redelivered > 0) {
+        // Two replicas (or workers) handling copies of the same line at once would both miss
+        // the other's uncommitted row: they take turns (only checked lines pay for this).
+        tx.exec("SELECT pg_advisory_xact_lock(hashtext('logs.redelivery'))");
+        tx.exec0(
+            "CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE logs.lines) ON COMMIT DELETE ROWS");
+        CopyRows(tx, "incoming", batch, !check_all, false);
+        const auto r = tx.exec0(
+            "INSERT INTO logs.lines SELECT DISTINCT ON (i.service, i.instance, i.seq, i.ts) i.*"
+            " FROM incoming i WHERE NOT EXISTS ("
+            " SELECT 1 FROM logs.lines l WHERE l.service = i.service AND l.ts = i.ts"
+            " AND l.instance = i.instance AND l.seq = i.seq)");
+        written += static_cast<size_t>(r.affected_rows());
+      }
+      // The unchecked lines are safe only while no second copy of their messages can have been
+      // delivered (the ack wait has not run out): a copy delivered later checks and sees them
+      // committed. Past that point, the batch is stored again with every line checked.
+      if (!check_all && redelivered < batch.size() &&
+          std::chrono::steady_clock::now() >= unchecked_until) {
+        return std::nullopt;  // rolled back
+      }
+      tx.commit();
+      return written;
+    });
+  };
+  if (std::chrono::steady_clock::now() < unchecked_until) {
+    if (auto written = attempt(false)) return *written;
+  }
+  return *attempt(true);
 }
 
 HistoryPage PgStore::Query(const HistoryQuery& q) {

@@ -7,6 +7,8 @@
 #include <iterator>
 
 #include "harness.h"
+#include "http_client.h"
+#include "webhook.h"
 
 using namespace std::chrono_literals;
 
@@ -225,4 +227,66 @@ TEST_CASE("muon logs -f prints a line an instance prints within a second", "[e2e
   CHECK(seen);
   CHECK(elapsed < 1s);
   CHECK(contents().find("ticker/i-2 info  the-measured-line") != std::string::npos);
+}
+
+TEST_CASE("a signed GitHub push through the ingress is stored once; a bad signature is 401 and "
+          "stored nowhere; muon deliveries shows both",
+          "[e2e][github]") {
+  auto& stack = Stack();
+  REQUIRE(stack.up().status.Success());
+  const std::string secret_file = stack.dir() + "/webhook-secret";
+  std::ofstream(secret_file) << "e2e webhook secret\n";
+  auto add = stack.Muon("admin", {"repos", "add", "acme/shop", "--secret-file", secret_file,
+                                  "--clone-url", stack.dir() + "/shop.git"});
+  INFO(add.output);
+  REQUIRE(add.status.code == 0);
+  CHECK(add.output.find("/v1/github/events") != std::string::npos);
+  CHECK(add.output.find("e2e webhook secret") == std::string::npos);
+
+  // A push shaped as GitHub sends it, padded past NATS' default 1 MiB payload limit (GitHub
+  // sends up to 25 MB) with a long commit message, as a big push has.
+  const std::string body =
+      R"({"ref":"refs/heads/main","before":")" + std::string(40, 'b') + R"(","after":")" +
+      std::string(40, 'a') + R"(","created":false,"deleted":false,"forced":false,)" +
+      R"("commits":[{"id":")" + std::string(40, 'a') + R"(","message":")" +
+      std::string(3 * 1024 * 1024, 'm') +
+      R"(","added":[],"removed":[],"modified":["greeter/main.py"]}],)" +
+      R"("repository":{"full_name":"acme/shop","default_branch":"main"},)" +
+      R"("pusher":{"name":"dev","email":null},"sender":{"login":"dev"}})";
+  const std::string url =
+      "http://127.0.0.1:" + stack.UserEnv("admin").at("MUON_INGRESS_PORT") + "/v1/github/events";
+  auto post = [&](const std::string& delivery, const std::string& signature) {
+    return muon::testing::HttpRequest(
+        "POST", url, body,
+        {{"Content-Type", "application/json"},
+         {"User-Agent", "GitHub-Hookshot/044aadd"},
+         {"X-GitHub-Event", "push"},
+         {"X-GitHub-Delivery", delivery},
+         {"X-GitHub-Hook-ID", "292430182"},
+         {"X-GitHub-Hook-Installation-Target-ID", "79929171"},
+         {"X-GitHub-Hook-Installation-Target-Type", "repository"},
+         {"X-Hub-Signature", "sha1=ignored-by-muon"},
+         {"X-Hub-Signature-256", signature}},
+        30s);
+  };
+  const std::string good = muon::github_events::SignatureHeader("e2e webhook secret", body);
+  auto first = post("0b3c6a70-cf2a-11ee-8f7e-6b2f1d3c9a01", good);
+  INFO(first.body);
+  CHECK(first.status == 200);
+  CHECK(first.body.find(R"("outcome":"accepted")") != std::string::npos);
+  auto again = post("0b3c6a70-cf2a-11ee-8f7e-6b2f1d3c9a01", good);
+  CHECK(again.status == 200);
+  CHECK(again.body.find(R"("outcome":"duplicate")") != std::string::npos);
+  auto forged = post("0b3c6a70-cf2a-11ee-8f7e-6b2f1d3c9a02",
+                     muon::github_events::SignatureHeader("not the secret", body));
+  INFO(forged.body);
+  CHECK(forged.status == 401);
+  CHECK(forged.body.find(R"("id":"github-events.Webhook")") != std::string::npos);
+
+  auto deliveries = stack.Muon("admin", {"deliveries", "--repo", "acme/shop"});
+  INFO(deliveries.output);
+  CHECK(deliveries.status.code == 0);
+  CHECK(deliveries.output.find("0b3c6a70-cf2a-11ee-8f7e-6b2f1d3c9a01") != std::string::npos);
+  CHECK(deliveries.output.find("0b3c6a70-cf2a-11ee-8f7e-6b2f1d3c9a02") == std::string::npos);
+  CHECK(deliveries.output.find("bad signature") != std::string::npos);
 }

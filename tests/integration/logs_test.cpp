@@ -606,6 +606,15 @@ TEST_CASE("a redelivered batch is stored once; new lines in a mixed batch are st
   CHECK(store.Insert(mixed) == 0);
   CHECK(sql.Int(count) == 13);
   CHECK(sql.Int(distinct) == 13);
+
+  // First deliveries whose ack wait has run out (a slow transaction): another copy may have been
+  // delivered and stored meanwhile, so they are checked too. Here 1..8 are stored already (as
+  // such a copy would have) and 11..12 are new.
+  auto late = batch("i-1", 1, 8, false);
+  for (auto& s : batch("i-1", 11, 12, false)) late.push_back(s);
+  CHECK(store.Insert(late, std::chrono::steady_clock::now()) == 2);
+  CHECK(sql.Int(count) == 15);
+  CHECK(sql.Int(distinct) == 15);
 }
 
 TEST_CASE("retention drops whole days older than the retention and keeps today", "[logs]") {
