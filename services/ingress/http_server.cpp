@@ -116,8 +116,10 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     parser_.emplace();
     parser_->body_limit(options_.max_body_bytes);
     parser_->header_limit(64 * 1024);
+    // The head first: the body limit depends on the path (webhooks may be large). Beast checks
+    // Content-Length against the limit while parsing the head, so that takes the largest one.
+    parser_->body_limit(largest_body_limit_);
     beast::get_lowest_layer(stream_).expires_after(options_.idle_timeout);
-    // The head first: the body limit depends on the path (webhooks may be large).
     http::async_read_header(stream_, buffer_, *parser_,
                             [self = this->shared_from_this()](beast::error_code ec, size_t) {
                               if (ec) return self->OnRead(ec);
@@ -131,6 +133,10 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     const auto limit = options_.path_body_limits.find(path);
     body_limit_ =
         limit == options_.path_body_limits.end() ? options_.max_body_bytes : limit->second;
+    const auto length = parser_->content_length();
+    if (length && *length > body_limit_) {
+      return Refuse(413, fmt::format("request body is over the limit of {} bytes", body_limit_));
+    }
     parser_->body_limit(body_limit_);
     http::async_read(
         stream_, buffer_, *parser_,
@@ -319,6 +325,11 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   std::unique_ptr<Response> response_;
   bool keep_alive_ = true;
   size_t body_limit_ = 0;  // of the request being read
+  size_t largest_body_limit_ = [this] {
+    size_t largest = options_.max_body_bytes;
+    for (const auto& [path, limit] : options_.path_body_limits) largest = std::max(largest, limit);
+    return largest;
+  }();
   bool counted_ = false;   // this connection's current request is in the in-flight count
   // Streamed response state (worker thread only).
   std::weak_ptr<SessionStream> stream_handle_;
