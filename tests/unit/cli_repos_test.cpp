@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "cli_parse_helpers.h"
 #include "harness.h"
 #include "muon/cli/commands.h"
 
@@ -18,25 +19,8 @@ using muon::cli::UsageError;
 
 namespace {
 
-template <typename T>
-T As(const std::vector<std::string>& args) {
-  const Invocation inv = ParseArgs(args);
-  const T* cmd = std::get_if<T>(&inv.command);
-  REQUIRE(cmd != nullptr);
-  return *cmd;
-}
-
-// The UsageError's problem text (fails the test when parsing succeeds).
-std::string Problem(const std::vector<std::string>& args) {
-  try {
-    ParseArgs(args);
-  } catch (const UsageError& e) {
-    CHECK_FALSE(e.usage().empty());
-    return e.what();
-  }
-  FAIL("ParseArgs did not throw UsageError");
-  return {};
-}
+using muon::cli::testing::As;
+using muon::cli::testing::Problem;
 
 std::string NotARepo(const std::string& name, const std::string& what = "") {
   return (what.empty() ? "" : what + ": ") + "'" + name +
