@@ -693,16 +693,6 @@ bool IsValidMethodName(std::string_view name) {
                      [](unsigned char c) { return std::isalnum(c) || c == '_'; });
 }
 
-bool IsValidRepoName(std::string_view name) {
-  const auto slash = name.find('/');
-  if (slash == std::string_view::npos) return false;
-  auto part_ok = [](std::string_view part) {
-    return !part.empty() && part.size() <= 100 && part != "." && part != ".." &&
-           NameChars(part, true);
-  };
-  return part_ok(name.substr(0, slash)) && part_ok(name.substr(slash + 1));
-}
-
 std::optional<std::string> SecretFromFileText(std::string_view text, std::string* problem) {
   auto fail = [&](std::string why) -> std::optional<std::string> {
     if (problem != nullptr) *problem = std::move(why);

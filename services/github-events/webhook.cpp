@@ -24,11 +24,6 @@ bool IsTokenChar(char c) {
          c == '-';
 }
 
-bool IsRepoPart(std::string_view part) {
-  if (part.empty() || part.size() > 100 || part == "." || part == "..") return false;
-  return std::all_of(part.begin(), part.end(), [](char c) { return IsTokenChar(c) || c == '.'; });
-}
-
 std::array<unsigned char, crypto_auth_hmacsha256_BYTES> Mac(std::string_view secret,
                                                             std::string_view body) {
   crypto_auth_hmacsha256_state state;
@@ -106,12 +101,6 @@ v1::GithubPayload ParsePayload(std::string_view body) {
     throw Error::BadRequest("the payload names no repository (repository.full_name)");
   }
   return payload;
-}
-
-bool IsValidRepoName(std::string_view name) {
-  const size_t slash = name.find('/');
-  if (slash == std::string_view::npos) return false;
-  return IsRepoPart(name.substr(0, slash)) && IsRepoPart(name.substr(slash + 1));
 }
 
 }  // namespace muon::github_events

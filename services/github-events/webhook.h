@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "muon/common/service.h"
 #include "muon/github_events/v1/payload.pb.h"
 
 namespace muon::github_events {
@@ -32,8 +33,7 @@ bool VerifySignature(std::string_view secret, std::string_view body, std::string
 // shape or names no repository.
 v1::GithubPayload ParsePayload(std::string_view body);
 
-// "owner/name": one '/', each side 1-100 of A-Z a-z 0-9 . _ - and neither "." nor "..".
-bool IsValidRepoName(std::string_view name);
+using muon::IsValidRepoName;  // libs/common service.h: the rule the CLI checks too
 
 inline constexpr std::string_view kZeroCommit = "0000000000000000000000000000000000000000";
 

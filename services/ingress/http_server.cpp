@@ -118,7 +118,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     parser_->header_limit(64 * 1024);
     // The head first: the body limit depends on the path (webhooks may be large). Beast checks
     // Content-Length against the limit while parsing the head, so that takes the largest one.
-    parser_->body_limit(largest_body_limit_);
+    parser_->body_limit(server_.largest_body_limit());
     beast::get_lowest_layer(stream_).expires_after(options_.idle_timeout);
     http::async_read_header(stream_, buffer_, *parser_,
                             [self = this->shared_from_this()](beast::error_code ec, size_t) {
@@ -325,11 +325,6 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   std::unique_ptr<Response> response_;
   bool keep_alive_ = true;
   size_t body_limit_ = 0;  // of the request being read
-  size_t largest_body_limit_ = [this] {
-    size_t largest = options_.max_body_bytes;
-    for (const auto& [path, limit] : options_.path_body_limits) largest = std::max(largest, limit);
-    return largest;
-  }();
   bool counted_ = false;   // this connection's current request is in the in-flight count
   // Streamed response state (worker thread only).
   std::weak_ptr<SessionStream> stream_handle_;
@@ -348,6 +343,10 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
 HttpServer::HttpServer(ServerOptions options, RequestHandler& handler)
     : options_(std::move(options)), handler_(handler) {
   if (options_.workers == 0) options_.workers = 1;
+  largest_body_limit_ = options_.max_body_bytes;
+  for (const auto& [path, limit] : options_.path_body_limits) {
+    largest_body_limit_ = std::max(largest_body_limit_, limit);
+  }
   if (options_.tls_cert_file.empty() != options_.tls_key_file.empty()) {
     throw std::invalid_argument("TLS needs both a certificate file and a key file");
   }

@@ -91,6 +91,8 @@ class HttpServer {
 
   // Used by sessions.
   std::atomic<size_t>& connection_counter() { return connections_; }
+  // The largest body any path accepts: what a request's head is parsed with.
+  size_t largest_body_limit() const { return largest_body_limit_; }
   std::atomic<size_t>& in_flight_counter() { return in_flight_; }
 
  private:
@@ -106,6 +108,7 @@ class HttpServer {
   std::optional<boost::asio::ssl::context> tls_;
   std::vector<std::unique_ptr<Worker>> workers_;
   uint16_t bound_port_ = 0;
+  size_t largest_body_limit_ = 0;
   std::atomic<size_t> connections_{0};
   std::atomic<size_t> in_flight_{0};
   std::atomic<bool> draining_{false};

@@ -69,6 +69,18 @@ bool IsValidServiceName(std::string_view name) {
   return true;
 }
 
+bool IsValidRepoName(std::string_view name) {
+  auto part_ok = [](std::string_view part) {
+    return !part.empty() && part.size() <= 100 && part != "." && part != ".." &&
+           std::all_of(part.begin(), part.end(), [](char c) {
+             return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+           });
+  };
+  const size_t slash = name.find('/');
+  return slash != std::string_view::npos && part_ok(name.substr(0, slash)) &&
+         part_ok(name.substr(slash + 1));
+}
+
 bool IsValidSemver(std::string_view version) {
   // The official SemVer 2.0.0 regular expression (semver.org).
   static const std::regex kSemver(

@@ -15,6 +15,8 @@
 #include <variant>
 #include <vector>
 
+#include "muon/common/service.h"
+
 namespace muon::cli {
 
 enum class OutputFormat { kTable, kJson };
@@ -168,9 +170,8 @@ bool IsValidEnvName(std::string_view name);
 bool IsValidServiceName(std::string_view name);
 bool IsValidMethodName(std::string_view name);
 
-// A GitHub repository as OWNER/NAME: exactly one '/', each side 1 to 100 of A-Z a-z 0-9 . _ -
-// and neither side "." or "..".
-bool IsValidRepoName(std::string_view name);
+// A GitHub repository as OWNER/NAME: the rule github-events applies (libs/common service.h).
+using muon::IsValidRepoName;
 
 // The webhook secret in the text of a --secret-file: trailing line breaks (LF, CR) removed. The
 // result must be non-empty and one line; otherwise nullopt and *problem says why.

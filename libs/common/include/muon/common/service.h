@@ -45,6 +45,9 @@ bool IsValidServiceName(std::string_view name);
 bool IsValidSemver(std::string_view version);
 // A release label usable as one subject token (e.g. "v3", "feature-login").
 bool IsValidReleaseLabel(std::string_view label);
+// A GitHub repository as "owner/name": one '/', each side 1-100 of A-Z a-z 0-9 . _ - and neither
+// "." nor "..". The CLI checks it before sending; github-events checks it again.
+bool IsValidRepoName(std::string_view name);
 
 struct ServiceOptions {
   std::string name;
