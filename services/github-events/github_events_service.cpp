@@ -147,7 +147,9 @@ v1::Repo GithubEventsApp::AddRepo(const v1::AddRepoRequest& request) {
   }
   if (!store_.AddRepo(repo, box_.Seal(request.secret()))) {
     throw Error::Conflict(fmt::format(
-        "repo {} is registered already; use RotateSecret to change its secret", request.name()));
+        "repo {} is registered already; change its secret with RotateSecret (muon repos "
+        "rotate-secret {} --secret-file F)",
+        request.name(), request.name()));
   }
   log::Info("repo registered", {{"repo", repo.name()}, {"branch", repo.branch()}});
   return *store_.GetRepo(repo.name());
