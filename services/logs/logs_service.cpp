@@ -15,8 +15,6 @@ namespace {
 using Clock = std::chrono::system_clock;
 constexpr const char* kDurable = "logs";
 constexpr std::chrono::seconds kAckWait{30};
-// Time left for the commit itself after the last check that the ack wait has not run out.
-constexpr std::chrono::seconds kAckWaitMargin{10};
 constexpr int kMaxLimit = 10000;
 
 int64_t Micros(Clock::time_point t) {
@@ -311,11 +309,10 @@ std::vector<StoredLine> LogsApp::Decode(std::vector<bus::Msg>& messages) {
   return out;
 }
 
-bool LogsApp::StoreOneByOne(const std::vector<StoredLine>& batch,
-                            std::chrono::steady_clock::time_point unchecked_until) {
+bool LogsApp::StoreOneByOne(const std::vector<StoredLine>& batch) {
   for (const auto& stored : batch) {
     try {
-      store_->Insert({stored}, unchecked_until);
+      store_->Insert({stored});
     } catch (const std::exception& e) {
       const auto code = db::Classify(e);
       if (code == db::DbErrc::kUnavailable || code == db::DbErrc::kPoolTimeout ||
@@ -364,18 +361,14 @@ void LogsApp::IngestLoop(int worker) {
       }
     }
     std::vector<bus::Msg> messages;
-    // Every message of this fetch was delivered after this instant, so no second copy of it can
-    // be delivered before this instant plus the ack wait.
-    const auto fetched_at = std::chrono::steady_clock::now();
     const auto ec = consumer.Fetch(options_.batch_size, options_.batch_wait, messages);
-    const auto unchecked_until = fetched_at + kAckWait - kAckWaitMargin;
     if (messages.empty()) {
       if (ec && ec != bus::BusErrc::kTimeout) pause(std::chrono::milliseconds(250));
       continue;
     }
     std::vector<StoredLine> batch = Decode(messages);
     try {
-      store_->Insert(batch, unchecked_until);
+      store_->Insert(batch);
     } catch (const std::exception& e) {
       stats_.failures++;
       if (db::Classify(e) == db::DbErrc::kUnavailable ||
@@ -390,7 +383,7 @@ void LogsApp::IngestLoop(int worker) {
       // line cannot hold back the others forever; the ones refused alone are dropped, loudly.
       log::Warn("a batch of log lines was refused; storing it line by line",
                 {{"lines", batch.size()}, {"error", e.what()}});
-      if (!StoreOneByOne(batch, unchecked_until)) {
+      if (!StoreOneByOne(batch)) {
         for (const auto& m : messages) consumer.Nak(m);
         pause(std::chrono::seconds(1));
         continue;

@@ -79,8 +79,7 @@ class LogsApp {
   void MaintenanceLoop();
   std::vector<StoredLine> Decode(std::vector<bus::Msg>& messages);
   // False when the database became unreachable midway (the batch is to be redelivered).
-  bool StoreOneByOne(const std::vector<StoredLine>& batch,
-                     std::chrono::steady_clock::time_point unchecked_until);
+  bool StoreOneByOne(const std::vector<StoredLine>& batch);
 
   LogsOptions options_;
   bus::Connection& bus_;

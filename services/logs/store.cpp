@@ -111,51 +111,58 @@ void PgStore::Migrate() {
   db::Migrate(pool_, "logs", migrations_generated::muon_logs_lib_migrations());
 }
 
-size_t PgStore::Insert(const std::vector<StoredLine>& batch,
-                       std::chrono::steady_clock::time_point unchecked_until) {
+size_t PgStore::Insert(const std::vector<StoredLine>& batch) {
   if (batch.empty()) return 0;
   size_t redelivered = 0;
   for (const auto& s : batch) redelivered += s.redelivered ? 1 : 0;
-  // check_all: every line goes through the check, first deliveries included.
+  // check_all: every line goes through the conflict check, first deliveries included.
   auto attempt = [&](bool check_all) {
-    return pool_.Run([&](pqxx::connection& c) -> std::optional<size_t> {
+    return pool_.Run([&](pqxx::connection& c) -> size_t {
       pqxx::work tx(c);
       size_t written = 0;
       if (!check_all && redelivered < batch.size()) {
-        // Lines delivered for the first time cannot be stored yet (only their consumer stores
-        // them, and it acks after the commit): they go straight in with COPY.
+        // Lines delivered for the first time are almost never stored yet (only this consumer
+        // stores them, and it acks after the commit): they go straight in with COPY. Should one
+        // be there after all, the unique key refuses the COPY and the caller checks every line.
         CopyRows(tx, "logs.lines", batch, false, true);
         written = batch.size() - redelivered;
       }
       if (check_all || redelivered > 0) {
-        // Two replicas (or workers) handling copies of the same line at once would both miss
-        // the other's uncommitted row: they take turns (only checked lines pay for this).
-        tx.exec("SELECT pg_advisory_xact_lock(hashtext('logs.redelivery'))");
+        // Redeliveries may have been stored by an earlier delivery whose ack was lost. A copy
+        // being stored by another transaction at this moment makes the insert wait for it and
+        // then skip the line. Sorted, so that two such transactions take the keys in one order.
         tx.exec0(
             "CREATE TEMP TABLE IF NOT EXISTS incoming (LIKE logs.lines) ON COMMIT DELETE ROWS");
         CopyRows(tx, "incoming", batch, !check_all, false);
         const auto r = tx.exec0(
-            "INSERT INTO logs.lines SELECT DISTINCT ON (i.service, i.instance, i.seq, i.ts) i.*"
-            " FROM incoming i WHERE NOT EXISTS ("
-            " SELECT 1 FROM logs.lines l WHERE l.service = i.service AND l.ts = i.ts"
-            " AND l.instance = i.instance AND l.seq = i.seq)");
+            "INSERT INTO logs.lines SELECT * FROM incoming"
+            " ORDER BY instance, ts, service, seq ON CONFLICT DO NOTHING");
         written += static_cast<size_t>(r.affected_rows());
-      }
-      // The unchecked lines are safe only while no second copy of their messages can have been
-      // delivered (the ack wait has not run out): a copy delivered later checks and sees them
-      // committed. Past that point, the batch is stored again with every line checked.
-      if (!check_all && redelivered < batch.size() &&
-          std::chrono::steady_clock::now() >= unchecked_until) {
-        return std::nullopt;  // rolled back
       }
       tx.commit();
       return written;
     });
   };
-  if (std::chrono::steady_clock::now() < unchecked_until) {
-    if (auto written = attempt(false)) return *written;
+  // Two transactions storing overlapping copies can deadlock despite the sort (COPY's own order);
+  // PostgreSQL aborts one, which tries again.
+  auto retryable = [](const std::exception& e) {
+    const auto code = db::Classify(e);
+    return code == db::DbErrc::kUniqueViolation || code == db::DbErrc::kSerializationFailure;
+  };
+  if (redelivered < batch.size()) {
+    try {
+      return attempt(false);
+    } catch (const std::exception& e) {
+      if (!retryable(e)) throw;
+    }
   }
-  return *attempt(true);
+  for (int tries = 1;; ++tries) {
+    try {
+      return attempt(true);
+    } catch (const std::exception& e) {
+      if (tries >= 3 || db::Classify(e) != db::DbErrc::kSerializationFailure) throw;
+    }
+  }
 }
 
 HistoryPage PgStore::Query(const HistoryQuery& q) {

@@ -52,14 +52,10 @@ struct StoredLine {
 class Store {
  public:
   virtual ~Store() = default;
-  // Stores a batch in one transaction. Lines that may be stored already (redeliveries) are
-  // checked by (service, ts, instance, seq) and skipped; returns how many were written. First
-  // deliveries go in unchecked only if the transaction commits before `unchecked_until` (the
-  // fetch's start plus the consumer's ack wait, less a margin): after it another copy of them may
-  // be delivered, so the batch is then stored with every line checked.
-  virtual size_t Insert(const std::vector<StoredLine>& batch,
-                        std::chrono::steady_clock::time_point unchecked_until =
-                            std::chrono::steady_clock::time_point::max()) = 0;
+  // Stores a batch in one transaction; returns how many lines were new. A line already stored
+  // (same instance, ts, service and seq) is skipped: first deliveries go in with COPY, and only
+  // if that meets a stored copy, or for redeliveries, is each line checked.
+  virtual size_t Insert(const std::vector<StoredLine>& batch) = 0;
   virtual HistoryPage Query(const HistoryQuery& query) = 0;
   // Creates the daily partitions (UTC) for `days` days from the day of `first`; returns how many
   // were new.
@@ -75,9 +71,7 @@ class PgStore : public Store {
   void Migrate();
   db::Pool& pool() { return pool_; }
 
-  size_t Insert(const std::vector<StoredLine>& batch,
-                std::chrono::steady_clock::time_point unchecked_until =
-                    std::chrono::steady_clock::time_point::max()) override;
+  size_t Insert(const std::vector<StoredLine>& batch) override;
   HistoryPage Query(const HistoryQuery& query) override;
   int EnsurePartitions(std::chrono::system_clock::time_point first, int days) override;
   int DropExpired(std::chrono::system_clock::time_point now, std::chrono::hours retention) override;

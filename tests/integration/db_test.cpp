@@ -2,8 +2,11 @@
 
 #include "muon/common/db.h"
 
+#include <fmt/format.h>
+
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <functional>
 #include <thread>
 
 #include "harness.h"
@@ -138,4 +141,71 @@ TEST_CASE("the pool survives a PostgreSQL restart", "[db]") {
   }
   pg.Start();
   CHECK(query() == 42);
+}
+
+TEST_CASE("a deadlock and a serialization failure classify as retryable, a duplicate as unique",
+          "[db]") {
+  const std::string url = muon::testing::Postgres::Shared().CreateDatabase();
+  muon::db::Pool pool({.url = url, .max_connections = 2});
+  pool.Run([](pqxx::connection& c) {
+    pqxx::work tx(c);
+    tx.exec0("CREATE TABLE cells (id int PRIMARY KEY, v int NOT NULL)");
+    tx.exec0("INSERT INTO cells VALUES (1, 0), (2, 0)");
+    tx.commit();
+  });
+  auto classify = [](const std::function<void()>& fn) {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      return muon::db::Classify(e);
+    }
+    return std::error_code{};
+  };
+
+  // Two transactions update the two rows in opposite orders; PostgreSQL aborts one of them.
+  std::atomic<int> first_updates{0};
+  std::error_code results[2];
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] {
+      results[i] = classify([&] {
+        pool.Run([&](pqxx::connection& c) {
+          pqxx::work tx(c);
+          tx.exec0(fmt::format("UPDATE cells SET v = v + 1 WHERE id = {}", i + 1));
+          first_updates++;
+          // Both hold their first row before either asks for the other's.
+          while (first_updates.load() < 2) std::this_thread::yield();
+          tx.exec0(fmt::format("UPDATE cells SET v = v + 1 WHERE id = {}", 2 - i));
+          tx.commit();
+        });
+      });
+    });
+  }
+  for (auto& t : threads) t.join();
+  const bool one_deadlocked =
+      (results[0] == muon::db::DbErrc::kSerializationFailure && !results[1]) ||
+      (results[1] == muon::db::DbErrc::kSerializationFailure && !results[0]);
+  INFO("results: " << results[0].message() << " / " << results[1].message());
+  CHECK(one_deadlocked);
+
+  // A serializable transaction that read what another changed meanwhile.
+  CHECK(classify([&] {
+          pqxx::connection a(url), b(url);
+          pqxx::work ta(a, "a");
+          ta.exec0("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE");
+          ta.exec1("SELECT v FROM cells WHERE id = 1");
+          {
+            pqxx::work tb(b, "b");
+            tb.exec0("UPDATE cells SET v = v + 10 WHERE id = 1");
+            tb.commit();
+          }
+          ta.exec0("UPDATE cells SET v = v + 1 WHERE id = 1");
+          ta.commit();
+        }) == muon::db::DbErrc::kSerializationFailure);
+
+  CHECK(classify([&] {
+          pqxx::connection a(url);
+          pqxx::work ta(a);
+          ta.exec0("INSERT INTO cells VALUES (1, 0)");
+        }) == muon::db::DbErrc::kUniqueViolation);
 }

@@ -50,6 +50,11 @@ std::error_code Classify(const std::exception& e) {
   if (dynamic_cast<const pqxx::broken_connection*>(&e)) return DbErrc::kUnavailable;
   if (dynamic_cast<const pqxx::unique_violation*>(&e)) return DbErrc::kUniqueViolation;
   if (dynamic_cast<const pqxx::foreign_key_violation*>(&e)) return DbErrc::kForeignKeyViolation;
+  // libpqxx 6 derives these from pqxx::failure, not from sql_error: no SQLSTATE to read.
+  if (dynamic_cast<const pqxx::serialization_failure*>(&e) ||
+      dynamic_cast<const pqxx::deadlock_detected*>(&e)) {
+    return DbErrc::kSerializationFailure;
+  }
   if (const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e)) {
     if (sql->sqlstate() == "40001" || sql->sqlstate() == "40P01") {
       return DbErrc::kSerializationFailure;

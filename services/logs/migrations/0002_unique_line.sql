@@ -1,0 +1,7 @@
+-- A line is named by (service, instance, seq) at its time: the database itself now refuses a
+-- second copy (see docs/decisions.md, "Log ingest de-duplicates with a unique index"). The key
+-- holds ts, the partition key, as a unique index on a partitioned table must; copies of one
+-- line carry the same ts, so they always meet in the same partition. It replaces
+-- (instance, ts), whose queries it serves as well.
+DROP INDEX lines_instance_ts;
+CREATE UNIQUE INDEX lines_line_key ON lines (instance, ts, service, seq);
