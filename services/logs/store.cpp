@@ -136,7 +136,7 @@ size_t PgStore::Insert(const std::vector<StoredLine>& batch) {
         CopyRows(tx, "incoming", batch, !check_all, false);
         const auto r = tx.exec0(
             "INSERT INTO logs.lines SELECT * FROM incoming"
-            " ORDER BY instance, ts, service, seq ON CONFLICT DO NOTHING");
+            " ORDER BY service, ts, instance, seq ON CONFLICT DO NOTHING");
         written += static_cast<size_t>(r.affected_rows());
       }
       tx.commit();

@@ -2,6 +2,6 @@
 -- second copy (see docs/decisions.md, "Log ingest de-duplicates with a unique index"). The key
 -- holds ts, the partition key, as a unique index on a partitioned table must; copies of one
 -- line carry the same ts, so they always meet in the same partition. It replaces
--- (instance, ts), whose queries it serves as well.
-DROP INDEX lines_instance_ts;
-CREATE UNIQUE INDEX lines_line_key ON lines (instance, ts, service, seq);
+-- (service, ts), whose queries it serves as well through its leading columns.
+DROP INDEX lines_service_ts;
+CREATE UNIQUE INDEX lines_line_key ON lines (service, ts, instance, seq);
