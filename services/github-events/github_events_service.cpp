@@ -1,6 +1,7 @@
 #include "github_events_service.h"
 
 #include <fmt/format.h>
+#include <sodium.h>
 
 #include "muon/common/errors.h"
 #include "muon/common/log.h"
@@ -61,7 +62,12 @@ void AddOptions(config::Spec& spec) {
               "file holding the platform services' shared secret (service account token)")
       .String("secret-key-file", "MUON_GITHUB_SECRET_KEY_FILE", std::nullopt,
               "file holding the key webhook secrets are encrypted with at rest (64 hex digits)",
-              true);
+              true)
+      .Duration("process-lease", "MUON_GITHUB_PROCESS_LEASE", "30s",
+                "how long a push being processed stays this process's without a renewal (another "
+                "one takes it over after a crash)")
+      .Duration("process-poll", "MUON_GITHUB_PROCESS_POLL", "1s",
+                "how often an idle processor looks for accepted pushes");
 }
 
 GithubEventsOptions OptionsFromConfig(const config::Values& values) {
@@ -78,6 +84,15 @@ GithubEventsOptions OptionsFromConfig(const config::Values& values) {
     o.service_secret = read("service-secret-file", "MUON_SERVICE_SECRET_FILE");
   }
   o.secret_key_hex = read("secret-key-file", "MUON_GITHUB_SECRET_KEY_FILE");
+  o.processor.owner = values.String("instance");
+  o.processor.lease =
+      std::chrono::duration_cast<std::chrono::seconds>(values.Duration("process-lease"));
+  if (o.processor.lease < std::chrono::seconds(3)) {
+    throw config::ConfigError(
+        "--process-lease (env MUON_GITHUB_PROCESS_LEASE) must be at least 3s");
+  }
+  o.processor.poll =
+      std::chrono::duration_cast<std::chrono::milliseconds>(values.Duration("process-poll"));
   try {
     SecretBox check(o.secret_key_hex);
   } catch (const std::invalid_argument& e) {
@@ -250,6 +265,8 @@ v1::WebhookResponse GithubEventsApp::Webhook(const v1::WebhookRequest& request) 
   }
   if (store_.InsertDelivery(delivery) == DeliveryOutcome::kDuplicate) {
     response.set_outcome("duplicate");
+  } else if (response.outcome() == "accepted" && processor_) {
+    processor_->Wake();
   }
   log::Info("webhook delivery", {{"repo", repo},
                                  {"event", meta.event},
@@ -257,6 +274,24 @@ v1::WebhookResponse GithubEventsApp::Webhook(const v1::WebhookRequest& request) 
                                  {"outcome", response.outcome()},
                                  {"bytes", request.body().size()}});
   return response;
+}
+
+void GithubEventsApp::StartProcessing(bus::Connection& bus) {
+  planner_ = std::make_unique<BusBuildPlanner>(
+      bus, [this] { return service_token_ ? service_token_->Bearer() : std::string(); });
+  ProcessorOptions o = options_.processor;
+  if (o.owner.empty()) {
+    unsigned char bytes[6];
+    randombytes_buf(bytes, sizeof bytes);
+    o.owner = "github-events-";
+    for (unsigned char b : bytes) o.owner += fmt::format("{:02x}", b);
+  }
+  processor_ = std::make_unique<PushProcessor>(store_, *planner_, bus, o);
+  processor_->Start();
+}
+
+void GithubEventsApp::StopProcessing() {
+  if (processor_) processor_->Stop();
 }
 
 v1::ListDeliveriesResponse GithubEventsApp::ListDeliveries(

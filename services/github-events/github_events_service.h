@@ -15,6 +15,7 @@
 #include "muon/common/bus.h"
 #include "muon/common/config.h"
 #include "muon/common/service.h"
+#include "push_processor.h"
 #include "secret_box.h"
 #include "store.h"
 
@@ -25,6 +26,7 @@ struct GithubEventsOptions {
   std::string service_secret;  // empty: admin endpoints refuse every caller (no rules)
   std::string secret_key_hex;  // SecretBox key for webhook secrets at rest
   size_t db_connections = 8;
+  ProcessorOptions processor;
 };
 
 void AddOptions(config::Spec& spec);
@@ -47,6 +49,10 @@ class GithubEventsApp {
   v1::WebhookResponse Webhook(const v1::WebhookRequest& request);
   v1::ListDeliveriesResponse ListDeliveries(const v1::ListDeliveriesRequest& request);
 
+  // Starts processing accepted pushes (asking the builder over `bus`); StopProcessing ends it.
+  void StartProcessing(bus::Connection& bus);
+  void StopProcessing();
+
   PgStore& store() { return store_; }
 
  private:
@@ -58,6 +64,8 @@ class GithubEventsApp {
   SecretBox box_;
   PgStore store_;
   std::unique_ptr<ServiceTokenSource> service_token_;
+  std::unique_ptr<BuildPlanner> planner_;
+  std::unique_ptr<PushProcessor> processor_;
   std::unique_ptr<token::Verifier> verifier_;
   std::unique_ptr<rules::RuleCache> rules_;
 };

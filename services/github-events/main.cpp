@@ -16,5 +16,7 @@ int main(int argc, char** argv) {
                             app = std::make_unique<muon::github_events::GithubEventsApp>(
                                 muon::github_events::OptionsFromConfig(ctx.config));
                             app->Register(ctx.service, ctx.bus);
+                            app->StartProcessing(ctx.bus);
+                            ctx.on_shutdown.push_back([&app] { app->StopProcessing(); });
                           });
 }

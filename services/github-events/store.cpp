@@ -161,13 +161,83 @@ DeliveryOutcome PgStore::InsertDelivery(const NewDelivery& d) {
   });
 }
 
+std::optional<ClaimedDelivery> PgStore::ClaimDelivery(const std::string& owner,
+                                                      std::chrono::seconds lease) {
+  return pool_.Run([&](pqxx::connection& c) -> std::optional<ClaimedDelivery> {
+    pqxx::work tx(c);
+    const auto r = tx.exec_params(
+        "UPDATE github.deliveries SET status = 'processing', lease_owner = $1,"
+        " lease_expires = now() + make_interval(secs => $2), attempts = attempts + 1"
+        " WHERE delivery_id = (SELECT delivery_id FROM github.deliveries"
+        "  WHERE (status = 'accepted' AND next_attempt_at <= now())"
+        "     OR (status = 'processing' AND lease_expires < now())"
+        "  ORDER BY received_at FOR UPDATE SKIP LOCKED LIMIT 1)"
+        " RETURNING delivery_id, repo, body, attempts",
+        owner, static_cast<double>(lease.count()));
+    tx.commit();
+    if (r.empty()) return std::nullopt;
+    ClaimedDelivery d;
+    d.delivery_id = r[0][0].c_str();
+    d.repo = r[0][1].c_str();
+    if (!r[0][2].is_null()) d.body = pqxx::binarystring(r[0][2]).str();
+    d.attempts = r[0][3].as<int>();
+    return d;
+  });
+}
+
+bool PgStore::RenewDelivery(const std::string& id, const std::string& owner,
+                            std::chrono::seconds lease) {
+  return pool_.Run([&](pqxx::connection& c) {
+    pqxx::work tx(c);
+    const auto r = tx.exec_params(
+        "UPDATE github.deliveries SET lease_expires = now() + make_interval(secs => $3)"
+        " WHERE delivery_id = $1 AND lease_owner = $2 AND status = 'processing'",
+        id, owner, static_cast<double>(lease.count()));
+    tx.commit();
+    return r.affected_rows() == 1;
+  });
+}
+
+bool PgStore::FinishDelivery(const std::string& id, const std::string& owner,
+                             const std::string& status, const std::string& detail,
+                             const std::vector<std::string>& builds) {
+  std::string array = "{";
+  for (size_t i = 0; i < builds.size(); ++i) array += (i ? "," : "") + builds[i];
+  array += "}";
+  return pool_.Run([&](pqxx::connection& c) {
+    pqxx::work tx(c);
+    const auto r = tx.exec_params(
+        "UPDATE github.deliveries SET status = $3, detail = $4, builds = $5::text[], body = NULL,"
+        " processed_at = now(), lease_owner = NULL, lease_expires = NULL"
+        " WHERE delivery_id = $1 AND lease_owner = $2 AND status = 'processing'",
+        id, owner, status, detail, array);
+    tx.commit();
+    return r.affected_rows() == 1;
+  });
+}
+
+bool PgStore::RetryDelivery(const std::string& id, const std::string& owner,
+                            const std::string& detail, std::chrono::seconds delay) {
+  return pool_.Run([&](pqxx::connection& c) {
+    pqxx::work tx(c);
+    const auto r = tx.exec_params(
+        "UPDATE github.deliveries SET status = 'accepted', detail = $3,"
+        " next_attempt_at = now() + make_interval(secs => $4), lease_owner = NULL,"
+        " lease_expires = NULL WHERE delivery_id = $1 AND lease_owner = $2"
+        " AND status = 'processing'",
+        id, owner, detail, static_cast<double>(delay.count()));
+    tx.commit();
+    return r.affected_rows() == 1;
+  });
+}
+
 std::vector<v1::Delivery> PgStore::ListDeliveries(const std::string& repo, int limit) {
   return pool_.Run([&](pqxx::connection& c) {
     pqxx::read_transaction tx(c);
     const auto r = tx.exec_params(
         "SELECT delivery_id, repo, event, status, detail, ref, before_sha, after_sha, body_bytes,"
         " redeliveries, (EXTRACT(EPOCH FROM received_at) * 1000000)::bigint,"
-        " COALESCE((EXTRACT(EPOCH FROM processed_at) * 1000000)::bigint, 0)"
+        " COALESCE((EXTRACT(EPOCH FROM processed_at) * 1000000)::bigint, 0), builds, attempts"
         " FROM github.deliveries WHERE ($1 = '' OR repo = $1)"
         " ORDER BY received_at DESC, delivery_id LIMIT $2",
         repo, limit);
@@ -186,6 +256,12 @@ std::vector<v1::Delivery> PgStore::ListDeliveries(const std::string& repo, int l
       d.set_redeliveries(row[9].as<int32_t>());
       SetTime(d.mutable_received_at(), row[10].as<int64_t>());
       if (const int64_t at = row[11].as<int64_t>(); at > 0) SetTime(d.mutable_processed_at(), at);
+      auto builds = row[12].as_array();
+      for (auto item = builds.get_next(); item.first != pqxx::array_parser::done;
+           item = builds.get_next()) {
+        if (item.first == pqxx::array_parser::string_value) d.add_builds(item.second);
+      }
+      d.set_attempts(row[13].as<int32_t>());
     }
     return out;
   });

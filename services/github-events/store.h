@@ -30,6 +30,14 @@ struct NewDelivery {
 
 enum class DeliveryOutcome { kStored, kDuplicate };
 
+// An accepted push taken for processing.
+struct ClaimedDelivery {
+  std::string delivery_id;
+  std::string repo;
+  std::string body;
+  int attempts = 0;  // including this one
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -48,6 +56,18 @@ class Store {
   // Commits the delivery, or counts a redelivery of a stored one.
   virtual DeliveryOutcome InsertDelivery(const NewDelivery& delivery) = 0;
   virtual std::vector<v1::Delivery> ListDeliveries(const std::string& repo, int limit) = 0;
+  // Takes the oldest accepted delivery that is due, or one whose processor's lease expired.
+  virtual std::optional<ClaimedDelivery> ClaimDelivery(const std::string& owner,
+                                                       std::chrono::seconds lease) = 0;
+  virtual bool RenewDelivery(const std::string& id, const std::string& owner,
+                             std::chrono::seconds lease) = 0;
+  // status processed or failed; the body is dropped. False when the lease was lost.
+  virtual bool FinishDelivery(const std::string& id, const std::string& owner,
+                              const std::string& status, const std::string& detail,
+                              const std::vector<std::string>& builds) = 0;
+  // Back to accepted, due again after `delay`.
+  virtual bool RetryDelivery(const std::string& id, const std::string& owner,
+                             const std::string& detail, std::chrono::seconds delay) = 0;
   virtual std::vector<v1::Rejection> ListRejections(const std::string& repo) = 0;
 };
 
@@ -66,6 +86,14 @@ class PgStore : public Store {
   std::optional<RepoSecrets> Secrets(const std::string& name) override;
   void CountRejection(const std::string& repo, const std::string& reason) override;
   DeliveryOutcome InsertDelivery(const NewDelivery& delivery) override;
+  std::optional<ClaimedDelivery> ClaimDelivery(const std::string& owner,
+                                               std::chrono::seconds lease) override;
+  bool RenewDelivery(const std::string& id, const std::string& owner,
+                     std::chrono::seconds lease) override;
+  bool FinishDelivery(const std::string& id, const std::string& owner, const std::string& status,
+                      const std::string& detail, const std::vector<std::string>& builds) override;
+  bool RetryDelivery(const std::string& id, const std::string& owner, const std::string& detail,
+                     std::chrono::seconds delay) override;
   std::vector<v1::Delivery> ListDeliveries(const std::string& repo, int limit) override;
   std::vector<v1::Rejection> ListRejections(const std::string& repo) override;
 

@@ -1,0 +1,646 @@
+#include "builder_service.h"
+
+#include <fmt/format.h>
+#include <google/protobuf/util/time_util.h>
+
+#include <algorithm>
+#include <set>
+
+#include "artifact.h"
+#include "git_mirror.h"
+#include "manifest.h"
+#include "muon/common/errors.h"
+#include "muon/common/events.h"
+#include "muon/common/log.h"
+#include "muon/common/log_lines.h"
+
+namespace muon::builder {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr const char* kKickSubject = "muon.builder.queued";
+constexpr size_t kLastLines = 20;
+constexpr int64_t kMaxFetchBytes = 4 << 20;
+
+std::string Short(const std::string& sha) {
+  return sha.substr(0, 12);
+}
+
+// The service name a folder gets when its manifest cannot be read: the build then fails with
+// the manifest's errors under a recognisable name.
+std::string FallbackName(const std::string& repo, const std::string& folder) {
+  std::string base = folder.empty() ? repo.substr(repo.find('/') + 1) : folder;
+  if (auto slash = base.rfind('/'); slash != std::string::npos) base = base.substr(slash + 1);
+  std::string out;
+  for (char c : base) {
+    const char l = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    out += (std::isalnum(static_cast<unsigned char>(l)) ? l : '-');
+  }
+  while (!out.empty() && !std::isalpha(static_cast<unsigned char>(out.front()))) out.erase(0, 1);
+  if (out.size() > 63) out.resize(63);
+  return out.empty() ? "unnamed" : out;
+}
+
+std::string ManifestPath(const std::string& folder) {
+  return folder.empty() ? "muon.yaml" : folder + "/muon.yaml";
+}
+
+void CheckRepo(const std::string& repo, const std::string& clone_url) {
+  if (!IsValidRepoName(repo)) throw Error::BadRequest("repo must be \"owner/name\"");
+  if (clone_url.empty()) throw Error::BadRequest("clone_url is required");
+}
+
+}  // namespace
+
+void AddOptions(config::Spec& spec) {
+  spec.String("database-url", "DATABASE_URL", std::nullopt, "PostgreSQL URL (schema builder)", true)
+      .String("service-secret-file", "MUON_SERVICE_SECRET_FILE", "",
+              "file holding the platform services' shared secret (service account token)")
+      .String("state-dir", "MUON_BUILDER_STATE_DIR", std::nullopt,
+              "where the repository mirrors and the build work dirs live", true)
+      .Int("workers", "MUON_BUILDER_WORKERS", 1, 1, 64, "builds run at once by this builder")
+      .Duration("lease", "MUON_BUILDER_LEASE", "30s",
+                "how long a build stays this builder's without a renewal (another builder takes "
+                "it after a crash)")
+      .Duration("poll-interval", "MUON_BUILDER_POLL_INTERVAL", "1s",
+                "how often an idle worker looks for queued builds (queued builds also wake it)")
+      .String("sandbox", "MUON_BUILDER_SANDBOX", "auto",
+              "auto (bubblewrap when it works here), bwrap (required), or none");
+}
+
+BuilderOptions OptionsFromConfig(const config::Values& values) {
+  BuilderOptions o;
+  o.database_url = values.String("database-url");
+  if (const auto& file = values.String("service-secret-file"); !file.empty()) {
+    try {
+      o.service_secret = ReadSecretFile(file);
+    } catch (const std::exception& e) {
+      throw config::ConfigError(
+          fmt::format("--service-secret-file (env MUON_SERVICE_SECRET_FILE): {}", e.what()));
+    }
+  }
+  o.state_dir = values.String("state-dir");
+  o.workers = static_cast<int>(values.Int("workers"));
+  o.lease = std::chrono::duration_cast<std::chrono::seconds>(values.Duration("lease"));
+  if (o.lease < std::chrono::seconds(3)) {
+    throw config::ConfigError("--lease (env MUON_BUILDER_LEASE) must be at least 3s");
+  }
+  o.poll = std::chrono::duration_cast<std::chrono::milliseconds>(values.Duration("poll-interval"));
+  o.sandbox = values.String("sandbox");
+  if (o.sandbox != "auto" && o.sandbox != "bwrap" && o.sandbox != "none") {
+    throw config::ConfigError("--sandbox (env MUON_BUILDER_SANDBOX) must be auto, bwrap or none");
+  }
+  o.owner = values.String("instance");
+  o.region = values.String("region");
+  return o;
+}
+
+ServiceOptions DefaultServiceOptions() {
+  return {.name = "builder",
+          .kind = ServiceKind::kPlatform,
+          .description = "Builds the services a push changed into content-addressed artifacts",
+          .concurrency = 8};
+}
+
+BuilderApp::BuilderApp(BuilderOptions options, bus::Connection& bus)
+    : options_(std::move(options)),
+      bus_(bus),
+      pool_(db::PoolOptions{.url = options_.database_url,
+                            .max_connections = static_cast<size_t>(options_.workers) * 2 + 4,
+                            .application_name = "muon-builder"}),
+      builds_(pool_),
+      artifacts_(pool_) {
+  pool_.Check();
+  builds_.Migrate();
+  fs::create_directories(MirrorsDir());
+  fs::create_directories(options_.state_dir / "work");
+  if (options_.owner.empty()) options_.owner = "builder-" + NewBuildId().substr(2);
+  js_ = std::make_unique<bus::JetStream>(bus_);
+  if (auto ec = js_->EnsureStream(events::StreamConfig())) {
+    throw std::runtime_error("cannot create the EVENTS stream: " + ec.message());
+  }
+  sandbox_ = options_.sandbox == "none" ? Sandbox::kNone : DetectSandbox();
+  if (options_.sandbox == "bwrap" && sandbox_ != Sandbox::kBubblewrap) {
+    throw std::runtime_error(
+        "--sandbox bwrap: bubblewrap does not work here (install the bubblewrap package; it needs "
+        "root or unprivileged user namespaces)");
+  }
+  if (options_.sandbox == "auto" && sandbox_ == Sandbox::kNone) {
+    log::Warn("bubblewrap does not work here: build steps run without a sandbox");
+  }
+}
+
+BuilderApp::~BuilderApp() {
+  Stop();
+}
+
+void BuilderApp::Register(Service& service, bool authorize) {
+  if (authorize) {
+    service_token_ = std::make_unique<ServiceTokenSource>(bus_, "builder", options_.service_secret);
+    verifier_ = std::make_unique<token::Verifier>(BusKeyFetcher(bus_));
+    rules_ = std::make_unique<rules::RuleCache>(
+        BusRuleFetcher(bus_, [this] { return service_token_->Bearer(); }));
+    service.SetAuthorizer(MakeAuthorizer(*verifier_, *rules_));
+  }
+  service.AddEndpoint<v1::PlanPushRequest, v1::PlanPushResponse>(
+      "PlanPush", [this](const auto& request, RequestContext&) { return PlanPush(request); });
+  service.AddEndpoint<v1::StartBuildRequest, v1::StartBuildResponse>(
+      "StartBuild", [this](const auto& request, RequestContext& ctx) {
+        v1::StartBuildRequest r = request;
+        if (r.trigger().empty()) {
+          r.set_trigger(
+              fmt::format("deploy {}", ctx.claims() ? ctx.claims()->email() : "anonymous"));
+        }
+        return StartBuild(r);
+      });
+  service.AddEndpoint<v1::ListBuildsRequest, v1::ListBuildsResponse>(
+      "ListBuilds", [this](const auto& request, RequestContext&) { return ListBuilds(request); });
+  service.AddEndpoint<v1::GetBuildRequest, v1::Build>(
+      "GetBuild", [this](const auto& request, RequestContext&) { return GetBuild(request); });
+  service.AddEndpoint<v1::FetchArtifactRequest, v1::FetchArtifactResponse>(
+      "FetchArtifact",
+      [this](const auto& request, RequestContext&) { return FetchArtifact(request); });
+}
+
+void BuilderApp::Start() {
+  kick_ = bus_.Subscribe(kKickSubject, [this](bus::Msg&) { Wake(); });
+  for (int i = 0; i < options_.workers; ++i) {
+    threads_.emplace_back([this, i] { WorkerLoop(i); });
+  }
+}
+
+void BuilderApp::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    if (stop_) return;
+    stop_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+}
+
+void BuilderApp::Wake() {
+  {
+    std::lock_guard lock(mu_);
+    ++wakeups_;
+  }
+  cv_.notify_all();
+}
+
+void BuilderApp::Publish(const std::string& type, const v1::Build& build) {
+  v1::BuildEvent event;
+  event.set_type(type);
+  *event.mutable_build() = build;
+  *event.mutable_time() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  bus::PubAck ack;
+  const std::string id = fmt::format("build.{}.{}.{}", build.id(), type, build.attempts());
+  if (auto ec = js_->Publish("muon.evt.build." + events::SubjectToken(build.service()),
+                             event.SerializeAsString(), id, ack)) {
+    log::Warn("publishing a build event failed",
+              {{"build", build.id()}, {"type", type}, {"error", ec.message()}});
+  }
+}
+
+v1::PlanPushResponse BuilderApp::PlanPush(const v1::PlanPushRequest& request) {
+  CheckRepo(request.repo(), request.clone_url());
+  if (!IsFullSha(request.after()) || IsZeroSha(request.after())) {
+    throw Error::BadRequest("after must be a 40-hex commit id");
+  }
+  if (!request.before().empty() && !IsFullSha(request.before())) {
+    throw Error::BadRequest("before must be a 40-hex commit id");
+  }
+  if (!request.ref().starts_with("refs/heads/")) {
+    throw Error::BadRequest("ref must be a branch (refs/heads/...)");
+  }
+  GitMirror mirror(MirrorsDir(), request.repo(), request.clone_url());
+  try {
+    mirror.Fetch();
+  } catch (const GitError& e) {
+    throw Error::Unavailable(fmt::format("fetching {} failed: {}", request.repo(), e.what()));
+  }
+  if (!mirror.HasCommit(request.after())) {
+    throw Error::NotFound(fmt::format("commit {} is not in {} after a fetch",
+                                      Short(request.after()), request.clone_url()));
+  }
+  const std::vector<std::string> folders = mirror.ServiceFolders(request.after());
+  std::vector<std::string> paths(request.changed_paths().begin(), request.changed_paths().end());
+  std::string how;
+  const bool before_known = !request.before().empty() && !IsZeroSha(request.before()) &&
+                            mirror.HasCommit(request.before());
+  bool every_service = false;
+  if (request.truncated()) {
+    if (before_known) {
+      paths = mirror.ChangedPaths(request.before(), request.after());
+      how = "GitHub truncated the push; diffed before..after in the mirror: ";
+    } else {
+      every_service = true;
+      how = "GitHub truncated the push and its first commit is unknown: every service builds. ";
+    }
+  } else if (!before_known && paths.empty()) {
+    // A branch created at an existing commit lists no commits: its services still need builds
+    // (a new branch's preview versions).
+    every_service = true;
+    how = "a new branch: every service builds. ";
+  }
+
+  v1::PlanPushResponse response;
+  std::set<std::string> affected;
+  for (const auto& folder : folders) {
+    if (every_service) affected.insert(folder);
+  }
+  for (const auto& path : paths) {
+    if (auto folder = OwningFolder(folders, path)) affected.insert(*folder);
+  }
+  for (const auto& folder : folders) {
+    std::string name = FallbackName(request.repo(), folder);
+    if (auto text = mirror.Show(request.after(), ManifestPath(folder))) {
+      auto parsed = ParseManifest(*text);
+      if (parsed.manifest) name = parsed.manifest->name;
+    }
+    response.add_services(name);
+    if (!affected.count(folder)) continue;
+    BuildSpec spec{.repo = request.repo(),
+                   .clone_url = request.clone_url(),
+                   .ref = request.ref(),
+                   .commit = request.after(),
+                   .service = name,
+                   .folder = folder,
+                   .trigger = request.trigger()};
+    bool created = false;
+    v1::Build build = builds_.Enqueue(spec, created);
+    if (created) Publish("queued", build);
+    *response.add_builds() = std::move(build);
+  }
+  if (response.builds_size() == 0) {
+    std::string listed;
+    for (size_t i = 0; i < paths.size() && i < 5; ++i) listed += (i ? ", " : "") + paths[i];
+    if (paths.size() > 5) listed += fmt::format(", and {} more", paths.size() - 5);
+    response.set_detail(folders.empty()
+                            ? fmt::format("{}no service: no folder holds a muon.yaml at {}", how,
+                                          Short(request.after()))
+                            : fmt::format("{}no service changed ({} path{}: {})", how, paths.size(),
+                                          paths.size() == 1 ? "" : "s", listed));
+  } else {
+    std::string names;
+    for (const auto& b : response.builds()) names += (names.empty() ? "" : ", ") + b.service();
+    response.set_detail(fmt::format("{}builds: {}", how, names));
+    Wake();
+    bus_.Publish(kKickSubject, "");
+  }
+  return response;
+}
+
+v1::StartBuildResponse BuilderApp::StartBuild(const v1::StartBuildRequest& request) {
+  if (request.ref().empty()) throw Error::BadRequest("ref is required (a commit or a branch)");
+  if (!request.service().empty() && !IsValidServiceName(request.service())) {
+    throw Error::BadRequest("service is not a valid service name");
+  }
+  std::string repo = request.repo();
+  std::string clone_url = request.clone_url();
+  if (repo.empty() || clone_url.empty()) {
+    if (repo.empty() && request.service().empty()) {
+      throw Error::BadRequest("name the service, the repo, or both");
+    }
+    auto last = builds_.List(repo.empty() ? request.service() : "", repo, 1);
+    if (last.empty()) {
+      throw Error::NotFound(
+          repo.empty()
+              ? fmt::format("{} was never built: name its repo (muon deploy {} --ref {} --repo "
+                            "owner/name)",
+                            request.service(), request.service(), request.ref())
+              : fmt::format("no build of {} yet: give its clone URL", repo));
+    }
+    if (repo.empty()) repo = last[0].repo();
+    if (clone_url.empty()) clone_url = last[0].clone_url();
+  }
+  CheckRepo(repo, clone_url);
+  GitMirror mirror(MirrorsDir(), repo, clone_url);
+  try {
+    mirror.Fetch();
+  } catch (const GitError& e) {
+    throw Error::Unavailable(fmt::format("fetching {} failed: {}", repo, e.what()));
+  }
+  auto commit = mirror.Resolve(request.ref());
+  if (!commit) {
+    throw Error::NotFound(fmt::format("{} is neither a branch nor a commit of {}",
+                                      request.ref().substr(0, 100), repo));
+  }
+  v1::StartBuildResponse response;
+  response.set_commit(*commit);
+  std::vector<std::string> names;
+  bool queued_any = false;
+  for (const auto& folder : mirror.ServiceFolders(*commit)) {
+    std::string name = FallbackName(repo, folder);
+    if (auto text = mirror.Show(*commit, ManifestPath(folder))) {
+      auto parsed = ParseManifest(*text);
+      if (parsed.manifest) name = parsed.manifest->name;
+    }
+    names.push_back(name);
+    if (!request.service().empty() && name != request.service()) continue;
+    const std::string ref = IsFullSha(request.ref()) ? "" : "refs/heads/" + request.ref();
+    bool created = false;
+    v1::Build build = builds_.Enqueue({.repo = repo,
+                                       .clone_url = clone_url,
+                                       .ref = ref,
+                                       .commit = *commit,
+                                       .service = name,
+                                       .folder = folder,
+                                       .trigger = request.trigger()},
+                                      created);
+    if (created) {
+      Publish("queued", build);
+      queued_any = true;
+    } else if (build.status() == "failed" && builds_.Requeue(build.id())) {
+      // Asked again by hand: a failed build gets another go (the cause may be fixed outside the
+      // repo, e.g. a flaky fetch).
+      build = *builds_.Get(build.id());
+      Publish("queued", build);
+      queued_any = true;
+    } else if (build.status() == "succeeded") {
+      // Identical inputs: hand the artifact over again, nothing is rebuilt.
+      Publish("release_candidate", build);
+    }
+    *response.add_builds() = std::move(build);
+  }
+  if (response.builds_size() == 0) {
+    std::string list;
+    for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+    throw Error::NotFound(
+        names.empty() ? fmt::format("no folder of {} holds a muon.yaml at {}", repo, Short(*commit))
+                      : fmt::format("{} has no service {} at {}; its services: {}", repo,
+                                    request.service(), Short(*commit), list));
+  }
+  if (queued_any) {
+    Wake();
+    bus_.Publish(kKickSubject, "");
+  }
+  return response;
+}
+
+v1::ListBuildsResponse BuilderApp::ListBuilds(const v1::ListBuildsRequest& request) {
+  if (!request.service().empty() && !IsValidServiceName(request.service())) {
+    throw Error::BadRequest("service is not a valid service name");
+  }
+  if (!request.repo().empty() && !IsValidRepoName(request.repo())) {
+    throw Error::BadRequest("repo must be \"owner/name\"");
+  }
+  if (request.limit() < 0 || request.limit() > 500) throw Error::BadRequest("limit must be 1..500");
+  v1::ListBuildsResponse response;
+  for (auto& b : builds_.List(request.service(), request.repo(),
+                              request.limit() == 0 ? 20 : request.limit())) {
+    *response.add_builds() = std::move(b);
+  }
+  return response;
+}
+
+v1::Build BuilderApp::GetBuild(const v1::GetBuildRequest& request) {
+  if (request.id().empty() || request.id().size() > 64) throw Error::BadRequest("id is required");
+  auto build = builds_.Get(request.id());
+  if (!build) throw Error::NotFound(fmt::format("no build {}", request.id()));
+  return *build;
+}
+
+v1::FetchArtifactResponse BuilderApp::FetchArtifact(const v1::FetchArtifactRequest& request) {
+  const std::string& digest = request.digest();
+  const bool hex = digest.size() == 64 && std::all_of(digest.begin(), digest.end(), [](char c) {
+                     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+                   });
+  if (!hex) throw Error::BadRequest("digest must be 64 lowercase hex digits (sha256)");
+  if (request.offset() < 0) throw Error::BadRequest("offset must be >= 0");
+  if (request.max_bytes() < 0 || request.max_bytes() > kMaxFetchBytes) {
+    throw Error::BadRequest("max_bytes must be 1..4194304");
+  }
+  auto size = artifacts_.Size(digest);
+  if (!size) throw Error::NotFound(fmt::format("no artifact {}", digest));
+  v1::FetchArtifactResponse response;
+  response.set_size(*size);
+  response.set_data(artifacts_.Read(digest, request.offset(),
+                                    request.max_bytes() == 0 ? 512 * 1024 : request.max_bytes()));
+  return response;
+}
+
+void BuilderApp::WorkerLoop(int worker) {
+  while (true) {
+    uint64_t seen = 0;
+    {
+      std::lock_guard lock(mu_);
+      if (stop_) return;
+      seen = wakeups_;
+    }
+    std::optional<v1::Build> build;
+    try {
+      build = builds_.Claim(options_.owner, options_.lease);
+    } catch (const std::exception& e) {
+      log::Warn("taking a queued build failed", {{"worker", worker}, {"error", e.what()}});
+    }
+    if (build) {
+      RunBuild(std::move(*build));
+      continue;
+    }
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, options_.poll, [&] { return stop_ || wakeups_ != seen; });
+  }
+}
+
+void BuilderApp::RunBuild(v1::Build build) {
+  using Clock = std::chrono::steady_clock;
+  const auto started = Clock::now();
+  log::Info("build started", {{"build", build.id()},
+                              {"service", build.service()},
+                              {"commit", Short(build.commit())},
+                              {"attempt", build.attempts()}});
+  Publish("started", build);
+  // The lease is renewed while the build runs; losing it (another builder took the build after
+  // this one stalled) stops the build without writing anything.
+  std::atomic<bool> lease_lost{false};
+  std::atomic<bool> done{false};
+  std::mutex renew_mu;
+  std::condition_variable renew_cv;
+  std::thread renewer([&] {
+    std::unique_lock lock(renew_mu);
+    while (!renew_cv.wait_for(lock, options_.lease / 3, [&] { return done.load(); })) {
+      try {
+        if (!builds_.Renew(build.id(), options_.owner, options_.lease)) {
+          lease_lost = true;
+          return;
+        }
+      } catch (const std::exception& e) {
+        log::Warn("renewing a build's lease failed", {{"build", build.id()}, {"error", e.what()}});
+      }
+    }
+  });
+  loglines::Shipper shipper(bus_, {.service = build.service(),
+                                   .instance = build.id(),
+                                   .release = Short(build.commit()),
+                                   .region = options_.region,
+                                   .source = logs::v1::SOURCE_BUILD});
+  auto note = [&](std::string text) {
+    shipper.EmitFrom(logs::v1::SOURCE_BUILD, logs::v1::SEVERITY_INFO, std::move(text));
+  };
+  LastLines last(kLastLines);
+  const fs::path work =
+      options_.state_dir / "work" / fmt::format("{}-{}", build.id(), build.attempts());
+  auto finish = [&] {
+    done = true;
+    renew_cv.notify_all();
+    renewer.join();
+    std::error_code ec;
+    fs::remove_all(work, ec);
+    shipper.Flush(std::chrono::seconds(5));
+  };
+  auto fail = [&](Failure failure) {
+    if (failure.last_lines.empty()) failure.last_lines = last.Get();
+    note(fmt::format(
+        "build failed ({}{}{})", failure.category,
+        failure.step.empty() ? "" : ", step " + failure.step,
+        failure.exit_code >= 0 ? fmt::format(", exit code {}", failure.exit_code) : ""));
+    if (!builds_.Fail(build.id(), options_.owner, failure)) return;
+    if (auto stored = builds_.Get(build.id())) Publish("failed", *stored);
+    log::Info("build failed",
+              {{"build", build.id()}, {"category", failure.category}, {"step", failure.step}});
+  };
+  auto succeed = [&](const std::string& digest, int64_t size, bool reused,
+                     const std::string& tree) {
+    if (!builds_.Succeed(build.id(), options_.owner, digest, size, reused, tree)) return;
+    if (auto stored = builds_.Get(build.id())) {
+      Publish("succeeded", *stored);
+      Publish("release_candidate", *stored);
+    }
+    log::Info("build succeeded", {{"build", build.id()}, {"digest", digest}, {"reused", reused}});
+  };
+  try {
+    note(fmt::format("build {} of {} at {} (attempt {}) on {}", build.id(), build.service(),
+                     Short(build.commit()), build.attempts(), options_.owner));
+    GitMirror mirror(MirrorsDir(), build.repo(), build.clone_url());
+    try {
+      mirror.Fetch();
+      if (!mirror.HasCommit(build.commit())) {
+        throw GitError(fmt::format("commit {} is not in {}", build.commit(), build.clone_url()));
+      }
+    } catch (const GitError& e) {
+      fail({.category = "fetch_failed", .last_lines = {e.what()}, .detail = e.what()});
+      finish();
+      return;
+    }
+    const std::string tree = mirror.TreeId(build.commit(), build.folder());
+    if (auto reusable = builds_.Reusable(build.repo(), build.service(), tree);
+        reusable && artifacts_.Has(reusable->first)) {
+      note(fmt::format("the folder {} is unchanged since an earlier build: reusing artifact {}",
+                       build.folder().empty() ? "(root)" : build.folder(), reusable->first));
+      succeed(reusable->first, reusable->second, true, tree);
+      finish();
+      return;
+    }
+    fs::remove_all(work);
+    mirror.Export(build.commit(), work / "src");
+    const fs::path folder = work / "src" / build.folder();
+    std::optional<Manifest> manifest;
+    {
+      auto text = mirror.Show(build.commit(), ManifestPath(build.folder()));
+      ManifestResult parsed = text ? ParseManifest(*text) : ManifestResult{};
+      if (!text) parsed.errors.push_back({"", "muon.yaml is missing"});
+      if (!parsed.manifest) {
+        std::vector<std::string> lines;
+        for (const auto& e : parsed.errors) {
+          lines.push_back(FormatManifestErrors({e}, ManifestPath(build.folder())));
+          note(lines.back());
+        }
+        fail({.category = "manifest_invalid",
+              .last_lines = lines,
+              .detail = fmt::format("{} is not valid", ManifestPath(build.folder()))});
+        finish();
+        return;
+      }
+      manifest = std::move(parsed.manifest);
+    }
+    const auto build_deadline = Clock::now() + manifest->build_timeout;
+    int64_t output_bytes = 0;
+    bool capped = false;
+    std::map<std::string, std::string> env = manifest->build_env;
+    env["MUON_SERVICE"] = build.service();
+    env["MUON_BUILD_ID"] = build.id();
+    env["MUON_COMMIT"] = build.commit();
+    for (const auto& step : manifest->steps) {
+      note(fmt::format("==> {}: {}", step.name, step.run));
+      const auto left =
+          std::chrono::duration_cast<std::chrono::seconds>(build_deadline - Clock::now());
+      StepOptions so{.run = step.run,
+                     .work_dir = work,
+                     .cwd = folder,
+                     .env = env,
+                     .timeout = std::max(std::chrono::seconds(1), std::min(step.timeout, left)),
+                     .sandbox = sandbox_,
+                     .hidden = {options_.state_dir}};
+      const StepOutcome outcome = RunStep(
+          so,
+          [&](std::string line, bool from_stderr) {
+            last.Add(line);
+            output_bytes += static_cast<int64_t>(line.size()) + 1;
+            if (output_bytes > manifest->output_cap_bytes) {
+              if (!capped) {
+                capped = true;
+                note(
+                    fmt::format("output cap of {} bytes reached: the rest of this build's "
+                                "output is not shipped",
+                                manifest->output_cap_bytes));
+              }
+              return;
+            }
+            shipper.EmitLine(std::move(line), from_stderr);
+          },
+          [&] {
+            std::lock_guard lock(mu_);
+            return !stop_ && !lease_lost.load();
+          });
+      if (outcome.cancelled) {
+        note(lease_lost ? "this builder lost the build's lease; another builder takes it over"
+                        : "the builder is stopping; another builder takes the build over");
+        finish();
+        return;
+      }
+      if (outcome.timed_out) {
+        const bool whole = Clock::now() >= build_deadline;
+        fail({.category = "timeout",
+              .step = step.name,
+              .exit_code = -1,
+              .detail = whole ? fmt::format("the build ran past its timeout ({})",
+                                            config::FormatDuration(manifest->build_timeout))
+                              : fmt::format("step {} ran past its timeout ({})", step.name,
+                                            config::FormatDuration(step.timeout))});
+        finish();
+        return;
+      }
+      if (!outcome.status.Success()) {
+        fail({.category = "build_failed",
+              .step = step.name,
+              .exit_code = outcome.status.code,
+              .detail = fmt::format("step {} failed: {}", step.name, outcome.status.Describe())});
+        finish();
+        return;
+      }
+    }
+    const fs::path packed = work / "artifact.tar.gz";
+    PackedArtifact artifact;
+    try {
+      artifact = PackArtifact(folder, manifest->outputs, packed);
+    } catch (const ArtifactError& e) {
+      fail({.category = "output_invalid", .last_lines = {e.what()}, .detail = e.what()});
+      finish();
+      return;
+    }
+    artifacts_.Put(artifact.digest, packed);
+    note(fmt::format(
+        "artifact {} ({} bytes, {} files) in {} ms", artifact.digest, artifact.size, artifact.files,
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count()));
+    succeed(artifact.digest, artifact.size, false, tree);
+  } catch (const std::exception& e) {
+    // The database or the disk failed under us: the lease runs out and a builder tries again.
+    log::Error("build interrupted; it is retried after its lease expires",
+               {{"build", build.id()}, {"error", e.what()}});
+    note(fmt::format("build interrupted ({}); it is retried", e.what()));
+  }
+  finish();
+}
+
+}  // namespace muon::builder
