@@ -137,6 +137,10 @@ void GithubEventsApp::Register(Service& service, bus::Connection& bus, bool auth
       [this](const auto& request, RequestContext&) { return RotateSecret(request); });
   service.AddEndpoint<v1::WebhookRequest, v1::WebhookResponse>(
       "Webhook", [this](const auto& request, RequestContext&) { return Webhook(request); });
+  service.AddEndpoint<v1::SyncRepoRequest, v1::SyncRepoResponse>(
+      "SyncRepo", [this](const auto& request, RequestContext& ctx) {
+        return SyncRepo(request, ctx.claims() ? ctx.claims()->email() : "anonymous");
+      });
   service.AddEndpoint<v1::ListDeliveriesRequest, v1::ListDeliveriesResponse>(
       "ListDeliveries",
       [this](const auto& request, RequestContext&) { return ListDeliveries(request); });
@@ -276,7 +280,40 @@ v1::WebhookResponse GithubEventsApp::Webhook(const v1::WebhookRequest& request) 
   return response;
 }
 
+v1::SyncRepoResponse GithubEventsApp::SyncRepo(const v1::SyncRepoRequest& request,
+                                               const std::string& who) {
+  CheckRepoName(request.name());
+  if (!request.branch().empty() && !IsValidBranch(request.branch())) {
+    throw Error::BadRequest("branch is not a valid git branch name");
+  }
+  auto repo = store_.GetRepo(request.name());
+  if (!repo) {
+    throw Error::NotFound(fmt::format("repo {} is not registered (muon repos add {} ...)",
+                                      request.name(), request.name()));
+  }
+  if (!bus_) throw Error::Unavailable("github-events is not connected to the builder");
+  builder::v1::StartBuildRequest start;
+  start.set_repo(repo->name());
+  start.set_clone_url(repo->clone_url());
+  start.set_ref(request.branch().empty() ? repo->branch() : request.branch());
+  start.set_trigger(fmt::format("sync {}", who));
+  builder::v1::StartBuildResponse started;
+  bus::Headers headers;
+  if (service_token_) {
+    if (const std::string bearer = service_token_->Bearer(); !bearer.empty()) {
+      headers.emplace_back("Authorization", bearer);
+    }
+  }
+  Call(*bus_, PlatformSubject("builder", "StartBuild"), start, started, std::chrono::minutes(5),
+       headers);
+  v1::SyncRepoResponse response;
+  response.set_commit(started.commit());
+  for (auto& b : *started.mutable_builds()) *response.add_builds() = std::move(b);
+  return response;
+}
+
 void GithubEventsApp::StartProcessing(bus::Connection& bus) {
+  bus_ = &bus;
   planner_ = std::make_unique<BusBuildPlanner>(
       bus, [this] { return service_token_ ? service_token_->Bearer() : std::string(); });
   ProcessorOptions o = options_.processor;

@@ -48,6 +48,8 @@ class GithubEventsApp {
   v1::Repo RotateSecret(const v1::RotateSecretRequest& request);
   v1::WebhookResponse Webhook(const v1::WebhookRequest& request);
   v1::ListDeliveriesResponse ListDeliveries(const v1::ListDeliveriesRequest& request);
+  // Asks the builder (over `bus`, set by StartProcessing) to build the branch head.
+  v1::SyncRepoResponse SyncRepo(const v1::SyncRepoRequest& request, const std::string& who);
 
   // Starts processing accepted pushes (asking the builder over `bus`); StopProcessing ends it.
   void StartProcessing(bus::Connection& bus);
@@ -66,6 +68,7 @@ class GithubEventsApp {
   std::unique_ptr<ServiceTokenSource> service_token_;
   std::unique_ptr<BuildPlanner> planner_;
   std::unique_ptr<PushProcessor> processor_;
+  bus::Connection* bus_ = nullptr;
   std::unique_ptr<token::Verifier> verifier_;
   std::unique_ptr<rules::RuleCache> rules_;
 };

@@ -203,7 +203,7 @@ bool PushProcessor::ProcessOne() {
     log::Info("push processed", {{"delivery", id}, {"repo", claimed->repo}, {"detail", detail}});
   } catch (const Error& e) {
     stop_renewing();
-    if (IsRetryable(e)) {
+    if (IsRetryable(e) && claimed->attempts < options_.max_attempts) {
       const auto delay = std::min<std::chrono::seconds>(
           options_.max_backoff, std::chrono::seconds(1 << std::min(claimed->attempts, 8)));
       store_.RetryDelivery(id, options_.owner,
@@ -211,12 +211,25 @@ bool PushProcessor::ProcessOne() {
                                        delay.count(), e.detail()),
                            delay);
     } else {
-      store_.FinishDelivery(id, options_.owner, "failed", e.detail(), {});
+      store_.FinishDelivery(
+          id, options_.owner, "failed",
+          IsRetryable(e) ? fmt::format("gave up after {} attempts: {} (muon repos sync {} builds "
+                                       "what is missing once the cause is fixed)",
+                                       claimed->attempts, e.detail(), claimed->repo)
+                         : e.detail(),
+          {});
     }
   } catch (const std::exception& e) {
     stop_renewing();
-    store_.RetryDelivery(id, options_.owner, fmt::format("attempt failed: {}", e.what()),
-                         std::chrono::seconds(5));
+    if (claimed->attempts < options_.max_attempts) {
+      store_.RetryDelivery(id, options_.owner, fmt::format("attempt failed: {}", e.what()),
+                           std::chrono::seconds(5));
+    } else {
+      store_.FinishDelivery(id, options_.owner, "failed",
+                            fmt::format("gave up after {} attempts: {}", claimed->attempts,
+                                        e.what()),
+                            {});
+    }
   }
   return true;
 }

@@ -50,6 +50,9 @@ struct ProcessorOptions {
   std::chrono::seconds lease{30};
   std::chrono::milliseconds poll{1000};
   std::chrono::seconds max_backoff{300};
+  // Attempts (each after a backoff) before a delivery the builder keeps failing on is marked
+  // failed; about 20 minutes with the backoff's cap.
+  int max_attempts = 12;
 };
 
 // GitHub truncates a push's commit list at 2048 commits and a commit's file lists at 3000

@@ -156,6 +156,12 @@ std::vector<auth::v1::Rule> DefaultRules() {
   for (const char* method : {"Query", "Tail", "Read.*"}) {
     out.push_back(MakeRule("developer", "logs", method, "allow", 500, "developers read logs"));
   }
+  // Developers follow and start builds (muon builds, muon deploy); planning pushes and fetching
+  // artifacts stay with the platform's services.
+  for (const char* method : {"ListBuilds", "GetBuild", "StartBuild"}) {
+    out.push_back(
+        MakeRule("developer", "builder", method, "allow", 500, "developers build and deploy"));
+  }
   for (const char* service : {"auth", "builder", "scheduler", "logs", "github-events", "ingress"}) {
     out.push_back(MakeRule("*", service, "*", "deny", 400,
                            "platform endpoints are admin endpoints unless a rule opens them"));
