@@ -229,9 +229,10 @@ TEST_CASE("muon logs -f prints a line an instance prints within a second", "[e2e
   CHECK(contents().find("ticker/i-2 info  the-measured-line") != std::string::npos);
 }
 
-TEST_CASE("a signed GitHub push through the ingress is stored once; a bad signature is 401 and "
-          "stored nowhere; muon deliveries shows both",
-          "[e2e][github]") {
+TEST_CASE(
+    "a signed GitHub push through the ingress is stored once; a bad signature is 401 and "
+    "stored nowhere; muon deliveries shows both",
+    "[e2e][github]") {
   auto& stack = Stack();
   REQUIRE(stack.up().status.Success());
   const std::string secret_file = stack.dir() + "/webhook-secret";
@@ -245,29 +246,28 @@ TEST_CASE("a signed GitHub push through the ingress is stored once; a bad signat
 
   // A push shaped as GitHub sends it, padded past NATS' default 1 MiB payload limit (GitHub
   // sends up to 25 MB) with a long commit message, as a big push has.
-  const std::string body =
-      R"({"ref":"refs/heads/main","before":")" + std::string(40, 'b') + R"(","after":")" +
-      std::string(40, 'a') + R"(","created":false,"deleted":false,"forced":false,)" +
-      R"("commits":[{"id":")" + std::string(40, 'a') + R"(","message":")" +
-      std::string(3 * 1024 * 1024, 'm') +
-      R"(","added":[],"removed":[],"modified":["greeter/main.py"]}],)" +
-      R"("repository":{"full_name":"acme/shop","default_branch":"main"},)" +
-      R"("pusher":{"name":"dev","email":null},"sender":{"login":"dev"}})";
+  const std::string body = R"({"ref":"refs/heads/main","before":")" + std::string(40, 'b') +
+                           R"(","after":")" + std::string(40, 'a') +
+                           R"(","created":false,"deleted":false,"forced":false,)" +
+                           R"("commits":[{"id":")" + std::string(40, 'a') + R"(","message":")" +
+                           std::string(3 * 1024 * 1024, 'm') +
+                           R"(","added":[],"removed":[],"modified":["greeter/main.py"]}],)" +
+                           R"("repository":{"full_name":"acme/shop","default_branch":"main"},)" +
+                           R"("pusher":{"name":"dev","email":null},"sender":{"login":"dev"}})";
   const std::string url =
       "http://127.0.0.1:" + stack.UserEnv("admin").at("MUON_INGRESS_PORT") + "/v1/github/events";
   auto post = [&](const std::string& delivery, const std::string& signature) {
-    return muon::testing::HttpRequest(
-        "POST", url, body,
-        {{"Content-Type", "application/json"},
-         {"User-Agent", "GitHub-Hookshot/044aadd"},
-         {"X-GitHub-Event", "push"},
-         {"X-GitHub-Delivery", delivery},
-         {"X-GitHub-Hook-ID", "292430182"},
-         {"X-GitHub-Hook-Installation-Target-ID", "79929171"},
-         {"X-GitHub-Hook-Installation-Target-Type", "repository"},
-         {"X-Hub-Signature", "sha1=ignored-by-muon"},
-         {"X-Hub-Signature-256", signature}},
-        30s);
+    return muon::testing::HttpRequest("POST", url, body,
+                                      {{"Content-Type", "application/json"},
+                                       {"User-Agent", "GitHub-Hookshot/044aadd"},
+                                       {"X-GitHub-Event", "push"},
+                                       {"X-GitHub-Delivery", delivery},
+                                       {"X-GitHub-Hook-ID", "292430182"},
+                                       {"X-GitHub-Hook-Installation-Target-ID", "79929171"},
+                                       {"X-GitHub-Hook-Installation-Target-Type", "repository"},
+                                       {"X-Hub-Signature", "sha1=ignored-by-muon"},
+                                       {"X-Hub-Signature-256", signature}},
+                                      30s);
   };
   const std::string good = muon::github_events::SignatureHeader("e2e webhook secret", body);
   auto first = post("0b3c6a70-cf2a-11ee-8f7e-6b2f1d3c9a01", good);
@@ -289,4 +289,154 @@ TEST_CASE("a signed GitHub push through the ingress is stored once; a bad signat
   CHECK(deliveries.output.find("0b3c6a70-cf2a-11ee-8f7e-6b2f1d3c9a01") != std::string::npos);
   CHECK(deliveries.output.find("0b3c6a70-cf2a-11ee-8f7e-6b2f1d3c9a02") == std::string::npos);
   CHECK(deliveries.output.find("bad signature") != std::string::npos);
+}
+
+namespace {
+
+std::string Git(const std::string& cwd, std::vector<std::string> args) {
+  const auto r = muon::RunCommand({.program = "git",
+                                   .args = std::move(args),
+                                   .env = {{"GIT_AUTHOR_NAME", "Dev"},
+                                           {"GIT_AUTHOR_EMAIL", "dev@example.com"},
+                                           {"GIT_COMMITTER_NAME", "Dev"},
+                                           {"GIT_COMMITTER_EMAIL", "dev@example.com"},
+                                           {"GIT_CONFIG_GLOBAL", "/dev/null"}},
+                                   .working_dir = cwd},
+                                  60s);
+  INFO(r.output);
+  REQUIRE(r.status.Success());
+  return r.output;
+}
+
+// A push payload with the fields GitHub sends (trimmed commit metadata).
+std::string GithubPush(const std::string& repo, const std::string& before, const std::string& after,
+                       const std::vector<std::string>& modified) {
+  std::string paths;
+  for (const auto& p : modified) paths += (paths.empty() ? "\"" : ",\"") + p + "\"";
+  return "{\"ref\":\"refs/heads/main\",\"before\":\"" + before + "\",\"after\":\"" + after +
+         "\",\"repository\":{\"id\":1,\"name\":\"mono\",\"full_name\":\"" + repo +
+         "\",\"private\":true,\"default_branch\":\"main\",\"master_branch\":\"main\"},"
+         "\"pusher\":{\"name\":\"dev\",\"email\":\"dev@example.com\"},"
+         "\"sender\":{\"login\":\"dev\",\"id\":2},\"created\":false,\"deleted\":false,"
+         "\"forced\":false,\"base_ref\":null,\"compare\":\"https://github.com/" +
+         repo + "/compare/x...y\",\"commits\":[{\"id\":\"" + after +
+         "\",\"tree_id\":\"t\",\"distinct\":true,\"message\":\"change\",\"timestamp\":"
+         "\"2026-12-01T08:00:00Z\",\"url\":\"u\",\"author\":{\"name\":\"Dev\",\"email\":"
+         "\"dev@example.com\"},\"committer\":{\"name\":\"Dev\",\"email\":\"dev@example.com\"},"
+         "\"added\":[],\"removed\":[],\"modified\":[" +
+         paths + "]}],\"head_commit\":null}";
+}
+
+}  // namespace
+
+TEST_CASE(
+    "a real git push builds the service that changed; a step exiting 3 shows in muon builds "
+    "show; a README change builds nothing and muon deliveries says so",
+    "[e2e][builder]") {
+  auto& stack = Stack();
+  REQUIRE(stack.up().status.Success());
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(stack.dir()) / "mono";
+  const std::string origin = (dir / "origin.git").string();
+  const std::string work = (dir / "work").string();
+  fs::create_directories(dir);
+  Git(dir.string(), {"init", "--quiet", "--bare", "--initial-branch=main", origin});
+  fs::copy(fs::path(muon::testing::SourceDir()) / "examples/monorepo", work,
+           fs::copy_options::recursive);
+  Git(work, {"init", "--quiet", "--initial-branch=main"});
+  Git(work, {"add", "-A"});
+  Git(work, {"commit", "--quiet", "-m", "monorepo"});
+  Git(work, {"remote", "add", "origin", origin});
+  Git(work, {"push", "--quiet", "origin", "HEAD"});
+  auto head = [&] { return Git(work, {"rev-parse", "HEAD"}).substr(0, 40); };
+
+  const std::string secret_file = stack.dir() + "/mono-secret";
+  std::ofstream(secret_file) << "mono secret\n";
+  auto add = stack.Muon(
+      "admin", {"repos", "add", "acme/mono", "--secret-file", secret_file, "--clone-url", origin});
+  INFO(add.output);
+  REQUIRE(add.status.code == 0);
+
+  const std::string url =
+      "http://127.0.0.1:" + stack.UserEnv("admin").at("MUON_INGRESS_PORT") + "/v1/github/events";
+  auto push = [&](const std::string& delivery, const std::string& before,
+                  const std::vector<std::string>& paths) {
+    Git(work, {"add", "-A"});
+    Git(work, {"commit", "--quiet", "-m", "change " + delivery});
+    Git(work, {"push", "--quiet", "origin", "HEAD"});
+    const std::string after = head();
+    const std::string body = GithubPush("acme/mono", before, after, paths);
+    auto r = muon::testing::HttpRequest(
+        "POST", url, body,
+        {{"Content-Type", "application/json"},
+         {"User-Agent", "GitHub-Hookshot/044aadd"},
+         {"X-GitHub-Event", "push"},
+         {"X-GitHub-Delivery", delivery},
+         {"X-GitHub-Hook-ID", "292430182"},
+         {"X-GitHub-Hook-Installation-Target-ID", "79929171"},
+         {"X-GitHub-Hook-Installation-Target-Type", "repository"},
+         {"X-Hub-Signature", "sha1=ignored-by-muon"},
+         {"X-Hub-Signature-256", muon::github_events::SignatureHeader("mono secret", body)}},
+        30s);
+    INFO(r.body);
+    REQUIRE(r.status == 200);
+    return after;
+  };
+  // The build of `service` at `commit`, once it has finished: its `muon builds show` output.
+  auto finished = [&](const std::string& service, const std::string& commit) {
+    std::string shown;
+    const bool done = muon::testing::WaitUntil(
+        [&] {
+          auto list = stack.Muon("admin", {"builds", "--service", service, "--output", "json"});
+          const auto at = list.output.find(commit);
+          if (at == std::string::npos) return false;
+          const auto id_at = list.output.rfind("\"id\"", at);
+          if (id_at == std::string::npos) return false;
+          const auto q1 = list.output.find('"', id_at + 4);
+          const auto q2 = list.output.find('"', q1 + 1);
+          const std::string id = list.output.substr(q1 + 1, q2 - q1 - 1);
+          auto show = stack.Muon("admin", {"builds", "show", id});
+          shown = show.output;
+          return show.output.find("succeeded") != std::string::npos ||
+                 show.output.find("failed") != std::string::npos;
+        },
+        90s, 200ms);
+    INFO(shown);
+    REQUIRE(done);
+    return shown;
+  };
+
+  const std::string c0 = head();
+  std::ofstream(work + "/hello/VERSION") << "2\n";
+  const std::string c1 = push("e2e-build-1", c0, {"hello/VERSION"});
+  const std::string hello = finished("hello", c1);
+  CHECK(hello.find("succeeded") != std::string::npos);
+  CHECK(hello.find(c1.substr(0, 12)) != std::string::npos);
+
+  std::ofstream(work + "/clock/muon.yaml")
+      << "name: clock\nbuild:\n  steps:\n    - name: check\n"
+         "      run: \"echo checking the clock; exit 3\"\n  outputs: [dist]\n"
+         "run:\n  command: ./dist/clock\n";
+  const std::string c2 = push("e2e-build-2", c1, {"clock/muon.yaml"});
+  const std::string clock = finished("clock", c2);
+  CHECK(clock.find("failed") != std::string::npos);
+  CHECK(clock.find("build_failed") != std::string::npos);
+  CHECK(clock.find("check") != std::string::npos);
+  CHECK(clock.find("3") != std::string::npos);
+  CHECK(clock.find("checking the clock") != std::string::npos);
+  // Only clock was built for that push.
+  auto hello_builds = stack.Muon("admin", {"builds", "--service", "hello", "--output", "json"});
+  CHECK(hello_builds.output.find(c2) == std::string::npos);
+
+  std::ofstream(work + "/README.md") << "docs only\n";
+  push("e2e-build-3", c2, {"README.md"});
+  std::string deliveries;
+  CHECK(muon::testing::WaitUntil(
+      [&] {
+        deliveries = stack.Muon("admin", {"deliveries", "--repo", "acme/mono"}).output;
+        return deliveries.find("no service changed") != std::string::npos;
+      },
+      60s, 200ms));
+  INFO(deliveries);
+  CHECK(deliveries.find("e2e-build-1") != std::string::npos);
 }
