@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <sodium.h>
 
+#include <algorithm>
 #include <array>
 #include <fstream>
 #include <map>
@@ -198,15 +199,30 @@ void WriteFileData(archive* a, const fs::path& file, int64_t size, const std::st
   }
 }
 
+bool HasNonAsciiName(const PackEntries& entries) {
+  const auto non_ascii = [](const std::string& text) {
+    return std::any_of(text.begin(), text.end(),
+                       [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
+  };
+  return std::any_of(entries.begin(), entries.end(), [&](const auto& entry) {
+    return non_ascii(entry.first) || non_ascii(entry.second.target);
+  });
+}
+
 void WriteTar(const fs::path& base, const PackEntries& entries, const fs::path& out_file) {
   WriteArchive a(archive_write_new());
   if (!a) throw std::bad_alloc();
   Check(a.get(), archive_write_set_format_pax_restricted(a.get()), "archive format");
   Check(a.get(), archive_write_add_filter_gzip(a.get()), "gzip filter");
-  // No timestamp in the gzip header; names in raw bytes whatever the process locale is (else a
-  // non-ASCII name is written differently under a UTF-8 and a C locale).
-  Check(a.get(), archive_write_set_options(a.get(), "gzip:!timestamp,hdrcharset=BINARY"),
-        "archive options");
+  // No timestamp in the gzip header.
+  Check(a.get(), archive_write_set_options(a.get(), "gzip:!timestamp"), "gzip options");
+  // libarchive converts a non-ASCII name to UTF-8 from the process locale, so it would be written
+  // one way under a C and another under a UTF-8 locale. hdrcharset=BINARY writes raw bytes
+  // instead, but adds a pax header to every entry (which GNU tar warns about): only archives with
+  // a non-ASCII name pay for it, and ASCII names are the same bytes under any locale.
+  if (HasNonAsciiName(entries)) {
+    Check(a.get(), archive_write_set_options(a.get(), "pax:hdrcharset=BINARY"), "pax options");
+  }
   Check(a.get(), archive_write_open_filename(a.get(), out_file.c_str()),
         fmt::format("cannot write {}", out_file.string()));
   for (const auto& [name, e] : entries) {
