@@ -13,6 +13,7 @@
 #include <set>
 
 #include "muon/auth/v1/auth.pb.h"
+#include "muon/builder/v1/builder.pb.h"
 #include "muon/cli/commands.h"
 #include "muon/cli/exit_codes.h"
 #include "muon/cli/output.h"
@@ -27,6 +28,7 @@ namespace {
 
 namespace pb = google::protobuf;
 namespace auth = muon::auth::v1;
+namespace bld = muon::builder::v1;
 namespace gh = muon::github_events::v1;
 using std::chrono::milliseconds;
 
@@ -1205,6 +1207,169 @@ class App {
       }
       ctx_.out << "\nRejected (not stored):\n"
                << RenderTable({"REPO", "REASON", "COUNT", "LAST"}, rows);
+    }
+    return kExitOk;
+  }
+
+  // ---- builder -----------------------------------------------------------------------------
+
+  static std::string ShortCommit(const std::string& commit) { return OrDash(commit.substr(0, 12)); }
+
+  // "failed (timeout)" for a failed build, else the status.
+  static std::string BuildStatus(const bld::Build& b) {
+    if (b.status() == "failed" && !b.category().empty()) return "failed (" + b.category() + ")";
+    return OrDash(b.status());
+  }
+
+  // From start to finish; while running, so far.
+  std::string BuildDuration(const bld::Build& b) const {
+    if (b.finished_at().seconds() != 0 || b.duration_ms() > 0) return FormatMillis(b.duration_ms());
+    if (b.status() == "running" && b.started_at().seconds() != 0) {
+      return FormatSeconds(Now() - b.started_at().seconds()) + " so far";
+    }
+    return "-";
+  }
+
+  std::string NoBuildsYet(const BuildsListCmd& cmd, const Endpoint& ep) const {
+    const std::string repo = cmd.repo.empty() ? "OWNER/NAME" : cmd.repo;
+    if (!cmd.service.empty()) {
+      return fmt::format(
+          "No builds of {}{} yet. Build it with: muon deploy {} --ref REF --repo {}{}\n",
+          cmd.service, cmd.repo.empty() ? "" : " from " + cmd.repo, cmd.service, repo, EnvFlag(ep));
+    }
+    if (!cmd.repo.empty()) {
+      return fmt::format(
+          "No builds from {} yet. Push to it, or run: muon deploy SERVICE --ref REF "
+          "--repo {}{}\n",
+          cmd.repo, cmd.repo, EnvFlag(ep));
+    }
+    return fmt::format(
+        "No builds yet. Push to a registered repo (muon repos add), or run: muon "
+        "deploy SERVICE --ref REF --repo OWNER/NAME{}\n",
+        EnvFlag(ep));
+  }
+
+  int Do(const BuildsListCmd& cmd) {
+    const Endpoint ep = CurrentEndpoint();
+    bld::ListBuildsRequest request;
+    request.set_service(cmd.service);
+    request.set_repo(cmd.repo);
+    request.set_limit(cmd.limit);
+    const HttpResponse response = ServiceCall(ep, "builder", "ListBuilds", request);
+    if (json_) {
+      PrintJson(response.body);
+      return kExitOk;
+    }
+    const auto list = ParseReply<bld::ListBuildsResponse>(response, "ListBuilds");
+    if (list.builds_size() == 0) {
+      ctx_.out << NoBuildsYet(cmd, ep);
+      return kExitOk;
+    }
+    // Newest first, as the builder lists them.
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& b : list.builds()) {
+      rows.push_back({OrDash(b.id()), OrDash(b.service()), ShortCommit(b.commit()), BuildStatus(b),
+                      OrDash(b.trigger()), TimestampText(b.created_at()), BuildDuration(b)});
+    }
+    ctx_.out << RenderTable({"ID", "SERVICE", "COMMIT", "STATUS", "TRIGGER", "CREATED", "DURATION"},
+                            rows);
+    return kExitOk;
+  }
+
+  int Do(const BuildsShowCmd& cmd) {
+    const Endpoint ep = CurrentEndpoint();
+    bld::GetBuildRequest request;
+    request.set_id(cmd.id);
+    const HttpResponse response = ServiceCall(ep, "builder", "GetBuild", request);
+    if (json_) {
+      PrintJson(response.body);
+      return kExitOk;
+    }
+    const auto b = ParseReply<bld::Build>(response, "GetBuild");
+    const std::string id = b.id().empty() ? cmd.id : b.id();
+    std::vector<std::vector<std::string>> rows = {
+        {"id:", id},
+        {"service:", OrDash(b.service())},
+        {"repo:", OrDash(b.repo()) + (b.folder().empty() ? "" : ", folder " + b.folder())},
+        {"commit:", OrDash(b.commit())},
+        {"ref:", OrDash(b.ref())},
+        {"trigger:", OrDash(b.trigger())},
+        {"status:", BuildStatus(b)},
+        {"attempts:", std::to_string(b.attempts())},
+        {"created:", TimestampText(b.created_at())},
+        {"started:", TimestampText(b.started_at())},
+        {"finished:", TimestampText(b.finished_at())},
+        {"duration:", BuildDuration(b)},
+    };
+    if (!b.artifact_digest().empty()) {
+      rows.push_back(
+          {"artifact:",
+           fmt::format("sha256:{} ({}){}", b.artifact_digest(), FormatBytes(b.artifact_size()),
+                       b.reused() ? ", reused from an identical earlier build" : "")});
+    }
+    const bool failed = b.status() == "failed";
+    if (failed) {
+      rows.push_back({"category:", OrDash(b.category())});
+      rows.push_back({"step:", OrDash(b.failed_step())});
+      rows.push_back({"exit code:", b.exit_code() < 0 ? std::string("- (killed, or no step ran)")
+                                                      : std::to_string(b.exit_code())});
+    }
+    if (failed || !b.detail().empty()) rows.push_back({"detail:", OrDash(b.detail())});
+    rows.push_back({"logs:", fmt::format("muon builds logs {}{}", id, EnvFlag(ep))});
+    std::string table = RenderTable({"", ""}, rows);
+    table = table.substr(table.find('\n') + 1);  // no header line
+    // The logs hint goes last, after the output's last lines, aligned with the rest.
+    const size_t hint = table.rfind('\n', table.size() - 2) + 1;
+    ctx_.out << table.substr(0, hint);
+    if (failed && b.last_lines_size() > 0) {
+      ctx_.out << "last lines:\n";
+      for (const auto& line : b.last_lines()) ctx_.out << "  " << Sanitize(line) << "\n";
+    }
+    ctx_.out << table.substr(hint);
+    return kExitOk;
+  }
+
+  // The STATUS of a build `muon deploy` started (or found done).
+  static std::string DeployStatus(const bld::Build& b) {
+    if (b.status() == "succeeded") {
+      return b.artifact_digest().empty()
+                 ? std::string("succeeded")
+                 : "succeeded: reusing artifact " + b.artifact_digest().substr(0, 12);
+    }
+    return BuildStatus(b);
+  }
+
+  int Do(const DeployCmd& cmd) {
+    const Endpoint ep = CurrentEndpoint();
+    bld::StartBuildRequest request;
+    request.set_service(cmd.service);
+    request.set_ref(cmd.ref);
+    request.set_repo(cmd.repo);
+    const HttpResponse response = ServiceCall(ep, "builder", "StartBuild", request);
+    if (json_) {
+      PrintJson(response.body);
+      return kExitOk;
+    }
+    const auto started = ParseReply<bld::StartBuildResponse>(response, "StartBuild");
+    if (started.builds_size() == 0) {
+      ctx_.out << "No builds were started.\n";
+      return kExitOk;
+    }
+    std::vector<std::vector<std::string>> rows;
+    bool active = false;
+    for (const auto& b : started.builds()) {
+      rows.push_back({OrDash(b.id()), OrDash(b.service()),
+                      ShortCommit(b.commit().empty() ? started.commit() : b.commit()),
+                      DeployStatus(b)});
+      active = active || b.status() == "queued" || b.status() == "running";
+    }
+    ctx_.out << RenderTable({"ID", "SERVICE", "COMMIT", "STATUS"}, rows);
+    ctx_.out << (active ? "\nWatch with:\n" : "\nDetails:\n");
+    for (const auto& b : started.builds()) {
+      ctx_.out << fmt::format("  muon builds show {}{}\n", b.id(), EnvFlag(ep));
+      if (b.status() == "queued" || b.status() == "running") {
+        ctx_.out << fmt::format("  muon builds logs {} -f{}\n", b.id(), EnvFlag(ep));
+      }
     }
     return kExitOk;
   }

@@ -174,6 +174,33 @@ const std::vector<CommandSpec>& Specs() {
        "DETAIL: for a push, the ref and the new commit, then what processing did.\n"
        "Rejected deliveries (bad or missing signature, unknown repository) are not stored, only\n"
        "counted per repository and reason; they are listed under the deliveries."},
+      {{"builds", "list"},
+       {},
+       {{"service", "S", false, "only this service's builds"},
+        {"repo", "OWNER/NAME", false, "only builds from this repository"},
+        {"lines", "N", false, "how many of the newest builds to show (-n, 1-500, default 20)"}},
+       "list the newest builds of services, newest first",
+       "COMMIT: the first 12 characters. STATUS: queued, running, succeeded, or failed (with the\n"
+       "category: build_failed, timeout, fetch_failed, manifest_invalid, output_invalid).\n"
+       "DURATION: from start to finish (so far, while running)."},
+      {{"builds", "show"},
+       {{"ID"}},
+       {},
+       "show a build: commit, trigger, status, times, artifact; why it failed",
+       "A failed build shows its category, step, exit code and the last lines of its output."},
+      {{"builds", "logs"},
+       {{"ID"}},
+       {{"follow", "", false, "keep printing new lines as they arrive (-f)"},
+        {"lines", "N", false, "how many of the latest lines to show first (-n, default 100)"}},
+       "show a build's output; -f follows it live",
+       "The same as `muon logs --build ID`."},
+      {{"deploy"},
+       {{"SERVICE"}},
+       {{"ref", "REF", false, "a commit sha or a branch name (required)"},
+        {"repo", "OWNER/NAME", false,
+         "the repository holding SERVICE (default: the repo of its last build)"}},
+       "build SERVICE at a commit or branch; prints the builds and how to watch them",
+       "A build with identical inputs done before is not repeated: its artifact is reused."},
   };
   return kSpecs;
 }
@@ -186,6 +213,7 @@ const std::map<std::string, std::pair<std::vector<std::string>, std::string>>& G
       {"invites", {{"list", "create"}, "list"}},
       {"rules", {{"list", "add", "delete"}, "list"}},
       {"repos", {{"list", "add", "remove", "rotate-secret"}, "list"}},
+      {"builds", {{"list", "show", "logs"}, "list"}},
   };
   return kGroups;
 }
@@ -483,6 +511,41 @@ std::string OneWord(const Parsed& p, const std::string& flag, const std::string&
   return value;
 }
 
+// A service name the builder takes: its own rule (muon::IsValidServiceName, 1 to 64 of
+// A-Z a-z 0-9 _ -), so a name it would refuse with 400 never leaves the machine. `what` is "" for
+// the SERVICE argument, else the flag.
+std::string BuildService(const std::string& what, const std::string& name,
+                         const std::string& usage) {
+  if (!muon::IsValidServiceName(name)) {
+    throw UsageError(fmt::format("{}'{}' is not a service name (1 to 64 letters, digits, '_', '-')",
+                                 what.empty() ? "" : what + ": ", Sanitize(name)),
+                     usage);
+  }
+  return name;
+}
+
+// A build id as `muon logs --build` takes it (b-1a2b3c4d5e6f).
+std::string BuildId(const std::string& id, const std::string& usage) {
+  if (!loglines::IsValidToken(id)) {
+    throw UsageError(fmt::format("ID: '{}' is not a build id (letters, digits, '_', '-'; e.g. "
+                                 "b-1a2b3c4d5e6f)",
+                                 Sanitize(id)),
+                     usage);
+  }
+  return id;
+}
+
+// -n N: a number from 1 to max of `what`.
+int Count(const std::string& n, int max, const std::string& what, const std::string& usage) {
+  int value = 0;
+  auto [ptr, ec] = std::from_chars(n.data(), n.data() + n.size(), value);
+  if (ec != std::errc() || ptr != n.data() + n.size() || value < 1 || value > max) {
+    throw UsageError(
+        fmt::format("-n: '{}' is not a number of {} from 1 to {}", Sanitize(n), what, max), usage);
+  }
+  return value;
+}
+
 Command Build(const CommandSpec& spec, const Parsed& p, const std::string& usage) {
   const std::string path = PathString(spec);
   auto pos = [&](size_t i) { return i < p.positionals.size() ? p.positionals[i] : std::string{}; };
@@ -652,17 +715,29 @@ Command Build(const CommandSpec& spec, const Parsed& p, const std::string& usage
   if (path == "deliveries") {
     DeliveriesCmd cmd;
     if (p.Has("repo")) cmd.repo = RepoName("--repo", p.Get("repo"), usage);
-    if (p.Has("lines")) {
-      const std::string n = p.Get("lines");
-      int value = 0;
-      auto [ptr, ec] = std::from_chars(n.data(), n.data() + n.size(), value);
-      if (ec != std::errc() || ptr != n.data() + n.size() || value < 1 || value > 1000) {
-        throw UsageError(
-            fmt::format("-n: '{}' is not a number of deliveries from 1 to 1000", Sanitize(n)),
-            usage);
-      }
-      cmd.limit = value;
-    }
+    if (p.Has("lines")) cmd.limit = Count(p.Get("lines"), 1000, "deliveries", usage);
+    return cmd;
+  }
+  if (path == "builds list") {
+    BuildsListCmd cmd;
+    if (p.Has("service")) cmd.service = BuildService("--service", p.Get("service"), usage);
+    if (p.Has("repo")) cmd.repo = RepoName("--repo", p.Get("repo"), usage);
+    if (p.Has("lines")) cmd.limit = Count(p.Get("lines"), 500, "builds", usage);
+    return cmd;
+  }
+  if (path == "builds show") return BuildsShowCmd{BuildId(pos(0), usage)};
+  if (path == "builds logs") {
+    // `muon logs --build ID`: the same command, parsed by the same function.
+    Parsed logs = p;
+    logs.flags["build"] = {BuildId(pos(0), usage)};
+    return BuildLogs(logs, "", usage);
+  }
+  if (path == "deploy") {
+    DeployCmd cmd;
+    cmd.service = BuildService("", pos(0), usage);
+    cmd.ref = Required(p, "ref", usage);
+    OneWord(p, "ref", usage);  // no spaces or control characters: not a commit or a branch
+    if (p.Has("repo")) cmd.repo = RepoName("--repo", p.Get("repo"), usage);
     return cmd;
   }
   throw UsageError(fmt::format("unknown command '{}'", path), MainUsage());

@@ -22,8 +22,10 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <memory>
 
 namespace muon::cli {
@@ -74,7 +76,9 @@ asio::awaitable<HttpResponse> ReadStreamed(Stream& stream, beast::tcp_stream& lo
   boost::system::error_code ec;
   http::response_parser<http::buffer_body> parser;
   parser.header_limit(256 * 1024);
-  parser.body_limit(boost::none);
+  // Not boost::none: Boost 1.74 compares a Content-Length with the empty optional as greater
+  // and fails every response that has one (an error reply to a tail, say) with body_limit.
+  parser.body_limit(std::numeric_limits<std::uint64_t>::max());
   lowest.expires_at(deadline);
   co_await http::async_read_header(stream, buffer, parser,
                                    asio::redirect_error(asio::use_awaitable, ec));

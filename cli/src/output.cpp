@@ -9,7 +9,9 @@
 #include <google/protobuf/util/type_resolver_util.h>
 
 #include <algorithm>
+#include <cmath>
 #include <ctime>
+#include <iterator>
 #include <memory>
 
 #include "muon/common/log_lines.h"
@@ -139,6 +141,24 @@ std::string FormatSeconds(int64_t seconds) {
   if (minutes > 0) out += fmt::format("{}m", minutes);
   if (secs > 0) out += fmt::format("{}s", secs);
   return out;
+}
+
+std::string FormatMillis(int64_t ms) {
+  if (ms < 1000) return fmt::format("{}ms", std::max<int64_t>(ms, 0));
+  return FormatSeconds(ms / 1000);
+}
+
+std::string FormatBytes(int64_t bytes) {
+  if (bytes < 1024) return fmt::format("{} B", std::max<int64_t>(bytes, 0));
+  static constexpr const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double value = static_cast<double>(bytes) / 1024;
+  size_t unit = 0;
+  // Round first, so 1048575 bytes is "1.0 MiB", not "1024.0 KiB".
+  while (std::round(value * 10) / 10 >= 1024 && unit + 1 < std::size(kUnits)) {
+    value /= 1024;
+    ++unit;
+  }
+  return fmt::format("{:.1f} {}", value, kUnits[unit]);
 }
 
 std::string FormatUnixTime(int64_t unix_seconds) {

@@ -853,3 +853,263 @@ TEST_CASE("cli http: a rule that denies repos is exit code 4", "[cli][http]") {
         "error: no rule allows github-events.ListRepos for developer (403 "
         "Forbidden, request r1)\n");
 }
+
+// ---- builder: muon builds, muon deploy -----------------------------------------------------
+
+TEST_CASE("cli http: builds lists the newest builds with status, trigger and duration",
+          "[cli][http]") {
+  const std::string page =
+      R"({"builds":[)"
+      R"({"id":"b-00000000000d","repo":"acme/shop","service":"greeter","status":"queued",)"
+      R"("commit":"9f8e7d6c5b4a39281706f5e4d3c2b1a098765432","trigger":"push d-9",)"
+      R"("createdAt":"2023-11-14T22:13:00Z","attempts":0},)"
+      R"({"id":"b-00000000000c","repo":"acme/shop","service":"greeter","status":"running",)"
+      R"("commit":"1a2b3c4d5e6f7a8b9c0d1a2b3c4d5e6f7a8b9c0d","trigger":"deploy dev@example.com",)"
+      R"("createdAt":"2023-11-14T22:12:00Z","startedAt":"2023-11-14T22:12:20Z","attempts":1},)"
+      R"({"id":"b-00000000000b","repo":"acme/shop","service":"web","status":"failed",)"
+      R"("category":"timeout","commit":"1a2b3c4d5e6f7a8b9c0d1a2b3c4d5e6f7a8b9c0d",)"
+      R"("trigger":"push d-2","createdAt":"2023-11-14T22:00:00Z",)"
+      R"("startedAt":"2023-11-14T22:00:05Z","finishedAt":"2023-11-14T22:10:05Z",)"
+      R"("durationMs":"600000"},)"
+      R"({"id":"b-00000000000a","repo":"acme/shop","service":"greeter","status":"succeeded",)"
+      R"("commit":"0123456789abcdef0123456789abcdef01234567","trigger":"sync admin@example.com",)"
+      R"("createdAt":"2023-11-14T21:00:00Z","startedAt":"2023-11-14T21:00:01Z",)"
+      R"("finishedAt":"2023-11-14T21:00:01.400Z","durationMs":"400","reused":true,)"
+      R"("artifactDigest":"ab12","artifactSize":"10"}]})";
+  TestServer server({Json(200, page), Json(200, page), Json(200, "{}"), Json(200, "{}"),
+                     Json(200, R"({"builds":[]})")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+
+  REQUIRE(cli.Run({"builds"}) == 0);
+  // Newest first, as listed; COMMIT is 12 characters; a failed build shows its category.
+  CHECK(cli.out.str() ==
+        "ID               SERVICE   COMMIT         STATUS             TRIGGER                  "
+        "CREATED                   DURATION\n"
+        "b-00000000000d   greeter   9f8e7d6c5b4a   queued             push d-9                 "
+        "2023-11-14 22:13:00 UTC   -\n"
+        "b-00000000000c   greeter   1a2b3c4d5e6f   running            deploy dev@example.com   "
+        "2023-11-14 22:12:00 UTC   1m so far\n"
+        "b-00000000000b   web       1a2b3c4d5e6f   failed (timeout)   push d-2                 "
+        "2023-11-14 22:00:00 UTC   10m\n"
+        "b-00000000000a   greeter   0123456789ab   succeeded          sync admin@example.com   "
+        "2023-11-14 21:00:00 UTC   400ms\n");
+  CHECK(cli.err.str().empty());
+  REQUIRE(cli.Run({"builds", "list", "--service", "greeter", "-n", "4", "-o", "json"}) == 0);
+  CHECK(cli.out.str().rfind("{\"builds\":[{\"attempts\":0,\"commit\":\"9f8e7d6c", 0) == 0);
+  // No builds: what to do about it.
+  REQUIRE(cli.Run({"builds"}) == 0);
+  CHECK(cli.out.str() ==
+        "No builds yet. Push to a registered repo (muon repos add), or run: muon deploy SERVICE "
+        "--ref REF --repo OWNER/NAME\n");
+  REQUIRE(cli.Run({"builds", "--service", "greeter"}) == 0);
+  CHECK(cli.out.str() ==
+        "No builds of greeter yet. Build it with: muon deploy greeter --ref REF --repo "
+        "OWNER/NAME\n");
+  REQUIRE(cli.Run({"builds", "--repo", "acme/web"}) == 0);
+  CHECK(cli.out.str() ==
+        "No builds from acme/web yet. Push to it, or run: muon deploy SERVICE --ref REF --repo "
+        "acme/web\n");
+
+  const auto seen = server.seen();
+  REQUIRE(seen.size() == 5);
+  CHECK(seen[0].method == "POST");
+  CHECK(seen[0].target == "/v1/builder/ListBuilds");
+  CHECK(seen[0].headers.at("authorization") == "Bearer access-1");
+  CHECK(seen[0].body == "{}");
+  CHECK(seen[1].body == R"({"service":"greeter","limit":4})");
+  CHECK(seen[4].body == R"({"repo":"acme/web"})");
+}
+
+TEST_CASE("cli http: builds show prints a build; a failed one with its last lines", "[cli][http]") {
+  const std::string succeeded =
+      R"({"id":"b-00000000000a","repo":"acme/shop","folder":"services/greeter",)"
+      R"("commit":"0123456789abcdef0123456789abcdef01234567","ref":"refs/heads/main",)"
+      R"("service":"greeter","trigger":"push d-1","status":"succeeded",)"
+      R"("artifactDigest":"ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12",)"
+      R"("artifactSize":"13000000","reused":true,"attempts":1,)"
+      R"("createdAt":"2023-11-14T21:00:00Z","startedAt":"2023-11-14T21:00:01Z",)"
+      R"("finishedAt":"2023-11-14T21:01:06Z","durationMs":"65400"})";
+  const std::string failed =
+      R"({"id":"b-00000000000b","repo":"acme/shop","commit":"1a2b3c4d5e6f7a8b9c0d1a2b3c4d5e6f7a8b9c0d",)"
+      R"("service":"web","trigger":"deploy dev@example.com","status":"failed",)"
+      R"("category":"build_failed","failedStep":"make","exitCode":2,)"
+      R"("lastLines":["src/main.cpp:3: error: expected ';'","\u001b[31mmake: *** [all] Error 2"],)"
+      R"("detail":"step make exited with code 2","attempts":2,)"
+      R"("createdAt":"2023-11-14T22:00:00Z","startedAt":"2023-11-14T22:00:05Z",)"
+      R"("finishedAt":"2023-11-14T22:00:35Z","durationMs":"30000"})";
+  TestServer server({Json(200, succeeded), Json(200, failed), Json(200, succeeded),
+                     PlatformError(404, "builder.GetBuild", "no build b-nope", "Not Found", "r7")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+
+  REQUIRE(cli.Run({"builds", "show", "b-00000000000a"}) == 0);
+  CHECK(cli.out.str() ==
+        "id:         b-00000000000a\n"
+        "service:    greeter\n"
+        "repo:       acme/shop, folder services/greeter\n"
+        "commit:     0123456789abcdef0123456789abcdef01234567\n"
+        "ref:        refs/heads/main\n"
+        "trigger:    push d-1\n"
+        "status:     succeeded\n"
+        "attempts:   1\n"
+        "created:    2023-11-14 21:00:00 UTC\n"
+        "started:    2023-11-14 21:00:01 UTC\n"
+        "finished:   2023-11-14 21:01:06 UTC\n"
+        "duration:   1m5s\n"
+        "artifact:   sha256:ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12 "
+        "(12.4 MiB), reused from an identical earlier build\n"
+        "logs:       muon builds logs b-00000000000a\n");
+  REQUIRE(cli.Run({"builds", "show", "b-00000000000b"}) == 0);
+  CHECK(cli.out.str() ==
+        "id:          b-00000000000b\n"
+        "service:     web\n"
+        "repo:        acme/shop\n"
+        "commit:      1a2b3c4d5e6f7a8b9c0d1a2b3c4d5e6f7a8b9c0d\n"
+        "ref:         -\n"
+        "trigger:     deploy dev@example.com\n"
+        "status:      failed (build_failed)\n"
+        "attempts:    2\n"
+        "created:     2023-11-14 22:00:00 UTC\n"
+        "started:     2023-11-14 22:00:05 UTC\n"
+        "finished:    2023-11-14 22:00:35 UTC\n"
+        "duration:    30s\n"
+        "category:    build_failed\n"
+        "step:        make\n"
+        "exit code:   2\n"
+        "detail:      step make exited with code 2\n"
+        "last lines:\n"
+        "  src/main.cpp:3: error: expected ';'\n"
+        "   [31mmake: *** [all] Error 2\n"
+        "logs:        muon builds logs b-00000000000b\n");
+  REQUIRE(cli.Run({"builds", "show", "b-00000000000a", "--output", "json"}) == 0);
+  CHECK(cli.out.str().rfind("{\"artifactDigest\":\"ab12cd34", 0) == 0);
+  CHECK(cli.Run({"builds", "show", "b-nope"}) == muon::cli::kExitNotFound);
+  CHECK(cli.err.str() == "error: no build b-nope (404 Not Found, request r7)\n");
+
+  const auto seen = server.seen();
+  REQUIRE(seen.size() == 4);
+  CHECK(seen[0].target == "/v1/builder/GetBuild");
+  CHECK(seen[0].body == R"({"id":"b-00000000000a"})");
+  CHECK(seen[3].body == R"({"id":"b-nope"})");
+}
+
+TEST_CASE("cli http: deploy starts a build and says how to watch it", "[cli][http]") {
+  const std::string queued =
+      R"({"builds":[{"id":"b-00000000000e","repo":"acme/shop","service":"greeter",)"
+      R"("commit":"1a2b3c4d5e6f7a8b9c0d1a2b3c4d5e6f7a8b9c0d","ref":"refs/heads/main",)"
+      R"("status":"queued","trigger":"deploy dev@example.com"}],)"
+      R"("commit":"1a2b3c4d5e6f7a8b9c0d1a2b3c4d5e6f7a8b9c0d"})";
+  const std::string reused =
+      R"({"builds":[{"id":"b-00000000000a","service":"greeter",)"
+      R"("commit":"0123456789abcdef0123456789abcdef01234567","status":"succeeded",)"
+      R"("artifactDigest":"ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12"}],)"
+      R"("commit":"0123456789abcdef0123456789abcdef01234567"})";
+  TestServer server({Json(200, queued), Json(200, reused), Json(200, queued),
+                     PlatformError(404, "builder.StartBuild",
+                                   "greeter was never built: name its repo (muon deploy greeter "
+                                   "--ref main --repo owner/name)",
+                                   "Not Found", "r8")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+
+  REQUIRE(cli.Run({"deploy", "greeter", "--ref", "main", "--repo", "acme/shop"}) == 0);
+  CHECK(cli.out.str() ==
+        "ID               SERVICE   COMMIT         STATUS\n"
+        "b-00000000000e   greeter   1a2b3c4d5e6f   queued\n"
+        "\n"
+        "Watch with:\n"
+        "  muon builds show b-00000000000e\n"
+        "  muon builds logs b-00000000000e -f\n");
+  CHECK(cli.err.str().empty());
+  REQUIRE(cli.Run({"deploy", "greeter", "--ref", "0123456789abcdef0123456789abcdef01234567"}) == 0);
+  CHECK(cli.out.str() ==
+        "ID               SERVICE   COMMIT         STATUS\n"
+        "b-00000000000a   greeter   0123456789ab   succeeded: reusing artifact ab12cd34ef56\n"
+        "\n"
+        "Details:\n"
+        "  muon builds show b-00000000000a\n");
+  REQUIRE(cli.Run({"-o", "json", "deploy", "greeter", "--ref", "main"}) == 0);
+  CHECK(cli.out.str().rfind("{\"builds\":[{\"commit\":\"1a2b3c4d", 0) == 0);
+  CHECK(cli.Run({"deploy", "greeter", "--ref", "main"}) == muon::cli::kExitNotFound);
+  CHECK(cli.err.str() ==
+        "error: greeter was never built: name its repo (muon deploy greeter --ref main --repo "
+        "owner/name) (404 Not Found, request r8)\n");
+
+  const auto seen = server.seen();
+  REQUIRE(seen.size() == 4);
+  CHECK(seen[0].method == "POST");
+  CHECK(seen[0].target == "/v1/builder/StartBuild");
+  CHECK(seen[0].headers.at("authorization") == "Bearer access-1");
+  CHECK(seen[0].body == R"({"repo":"acme/shop","ref":"main","service":"greeter"})");
+  CHECK(seen[1].body ==
+        R"({"ref":"0123456789abcdef0123456789abcdef01234567","service":"greeter"})");
+}
+
+TEST_CASE("cli http: bad deploy arguments are usage errors before anything is sent",
+          "[cli][http]") {
+  TestServer server({});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+  CHECK(cli.Run({"deploy", "greeter"}) == muon::cli::kExitUsage);
+  CHECK(cli.err.str() ==
+        "error: --ref is required\n"
+        "usage: muon deploy SERVICE --ref REF [--repo OWNER/NAME]\n"
+        "(run `muon deploy --help` for details)\n");
+  CHECK(cli.Run({"deploy", "a.b", "--ref", "main"}) == muon::cli::kExitUsage);
+  CHECK(cli.Run({"builds", "show", "b/1"}) == muon::cli::kExitUsage);
+  CHECK(cli.Run({"builds", "-n", "501"}) == muon::cli::kExitUsage);
+  CHECK(server.seen().empty());
+}
+
+TEST_CASE("cli http: builds logs is muon logs --build, with and without -f", "[cli][http]") {
+  const std::string page =
+      R"({"lines":[{"time":"2023-11-14T22:00:06Z","service":"web","instance":"b-00000000000b",)"
+      R"("source":"SOURCE_BUILD","severity":"SEVERITY_INFO","message":"make: ok"}]})";
+  Reply tail;
+  tail.status = 200;
+  tail.headers["Content-Type"] = "text/event-stream";
+  tail.body =
+      "event: line\n"
+      R"(data: {"time":"2023-11-14T22:00:06Z","service":"web","instance":"b-00000000000b",)"
+      R"("source":"SOURCE_BUILD","severity":"SEVERITY_INFO","message":"make: ok"})"
+      "\n\n: live\n\n";
+  TestServer server({Json(200, page), Json(200, page), tail, tail,
+                     PlatformError(403, "logs.Tail",
+                                   "dev@example.com may not read every service's logs; name a "
+                                   "service",
+                                   "Forbidden", "r9")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+
+  REQUIRE(cli.Run({"builds", "logs", "b-00000000000b"}) == 0);
+  const std::string printed = cli.out.str();
+  CHECK(printed.find("web/b-00000000000b") != std::string::npos);
+  CHECK(printed.find("make: ok") != std::string::npos);
+  REQUIRE(cli.Run({"logs", "--build", "b-00000000000b"}) == 0);
+  CHECK(cli.out.str() == printed);
+  // A follow ends when the ingress ends the stream (exit 7), after printing what came.
+  CHECK(cli.Run({"builds", "logs", "b-00000000000b", "-f"}) == muon::cli::kExitUnavailable);
+  CHECK(cli.out.str() == printed);
+  CHECK(cli.Run({"logs", "--build", "b-00000000000b", "-f"}) == muon::cli::kExitUnavailable);
+  CHECK(cli.err.str() ==
+        "error: the ingress ended the tail (restarting or draining); run the command again\n");
+  // An error reply to a tail (it has a Content-Length) is the platform's error, not a transport
+  // failure.
+  CHECK(cli.Run({"builds", "logs", "b-00000000000b", "-f"}) == muon::cli::kExitForbidden);
+  CHECK(cli.err.str() ==
+        "error: dev@example.com may not read every service's logs; name a service (403 "
+        "Forbidden, request r9)\n");
+
+  const auto seen = server.seen();
+  REQUIRE(seen.size() == 5);
+  CHECK(seen[0].method == "POST");
+  CHECK(seen[0].target == "/v1/logs/Query");
+  CHECK(seen[1].target == seen[0].target);
+  CHECK(seen[1].body == seen[0].body);
+  CHECK(seen[0].body.find(R"("instance":"b-00000000000b")") != std::string::npos);
+  CHECK(seen[0].body.find(R"("source":"SOURCE_BUILD")") != std::string::npos);
+  CHECK(seen[2].method == "GET");
+  CHECK(seen[2].target == "/v1/logs/tail?n=100&instance=b-00000000000b&source=build");
+  CHECK(seen[3].target == seen[2].target);
+}

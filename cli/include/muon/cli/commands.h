@@ -131,12 +131,29 @@ struct DeliveriesCmd {
   int limit = 0;     // -n; 0 = the server's default (50)
 };
 
+// builder: builds of services and starting one. `muon builds logs ID [-f]` is a LogsCmd with
+// `build` set: the path of `muon logs --build ID`.
+struct BuildsListCmd {
+  std::string service;  // empty = every service
+  std::string repo;     // OWNER/NAME; empty = every repo
+  int limit = 0;        // -n; 0 = the server's default (20)
+};
+struct BuildsShowCmd {
+  std::string id;
+};
+struct DeployCmd {
+  std::string service;  // muon::IsValidServiceName, the builder's own rule
+  std::string ref;      // a commit sha or a branch name (non-empty, one word)
+  std::string repo;     // OWNER/NAME; empty = the repo of the service's last build
+};
+
 using Command =
     std::variant<HelpCmd, VersionCmd, EnvListCmd, EnvAddCmd, EnvUseCmd, EnvRemoveCmd, LoginCmd,
                  LogoutCmd, WhoamiCmd, TokenCmd, SignupCmd, PasswdCmd, CallCmd, ServicesCmd,
                  LogsCmd, AccountsListCmd, AccountsSetDisabledCmd, InvitesListCmd, InvitesCreateCmd,
                  RulesListCmd, RulesAddCmd, RulesDeleteCmd, ReposListCmd, ReposAddCmd,
-                 ReposRemoveCmd, ReposRotateSecretCmd, DeliveriesCmd>;
+                 ReposRemoveCmd, ReposRotateSecretCmd, DeliveriesCmd, BuildsListCmd, BuildsShowCmd,
+                 DeployCmd>;
 
 struct Invocation {
   GlobalOptions global;

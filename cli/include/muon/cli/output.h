@@ -55,6 +55,14 @@ size_t DisplayWidth(std::string_view text);
 // 0 or less → "0s".
 std::string FormatSeconds(int64_t seconds);
 
+// A duration in milliseconds: under a second "350ms", else as FormatSeconds (the rest of the
+// second dropped): 65400 → "1m5s"; less than 0 → "0ms".
+std::string FormatMillis(int64_t ms);
+
+// A size for humans, in binary units with one decimal above bytes: 512 → "512 B", 1536 →
+// "1.5 KiB", 13000000 → "12.4 MiB"; less than 0 → "0 B".
+std::string FormatBytes(int64_t bytes);
+
 // "2026-11-22 05:00:00 UTC"
 std::string FormatUnixTime(int64_t unix_seconds);
 
