@@ -1351,27 +1351,49 @@ class App {
       return kExitOk;
     }
     const auto started = ParseReply<bld::StartBuildResponse>(response, "StartBuild");
-    if (started.builds_size() == 0) {
-      ctx_.out << "No builds were started.\n";
+    PrintBuildReceipt(ep, started.builds(), started.commit());
+    return kExitOk;
+  }
+
+  int Do(const ReposSyncCmd& cmd) {
+    const Endpoint ep = CurrentEndpoint();
+    gh::SyncRepoRequest request;
+    request.set_name(cmd.name);
+    request.set_branch(cmd.branch);
+    const HttpResponse response = ServiceCall(ep, "github-events", "SyncRepo", request);
+    if (json_) {
+      PrintJson(response.body);
       return kExitOk;
+    }
+    const auto synced = ParseReply<gh::SyncRepoResponse>(response, "SyncRepo");
+    ctx_.out << fmt::format("{} at {}:\n", cmd.name, ShortCommit(synced.commit()));
+    PrintBuildReceipt(ep, synced.builds(), synced.commit());
+    return kExitOk;
+  }
+
+  // The receipt of started builds: what each one is, and the commands to watch it.
+  void PrintBuildReceipt(const Endpoint& ep,
+                         const google::protobuf::RepeatedPtrField<bld::Build>& builds,
+                         const std::string& commit) {
+    if (builds.empty()) {
+      ctx_.out << "No builds were started.\n";
+      return;
     }
     std::vector<std::vector<std::string>> rows;
     bool active = false;
-    for (const auto& b : started.builds()) {
+    for (const auto& b : builds) {
       rows.push_back({OrDash(b.id()), OrDash(b.service()),
-                      ShortCommit(b.commit().empty() ? started.commit() : b.commit()),
-                      DeployStatus(b)});
+                      ShortCommit(b.commit().empty() ? commit : b.commit()), DeployStatus(b)});
       active = active || b.status() == "queued" || b.status() == "running";
     }
     ctx_.out << RenderTable({"ID", "SERVICE", "COMMIT", "STATUS"}, rows);
     ctx_.out << (active ? "\nWatch with:\n" : "\nDetails:\n");
-    for (const auto& b : started.builds()) {
+    for (const auto& b : builds) {
       ctx_.out << fmt::format("  muon builds show {}{}\n", b.id(), EnvFlag(ep));
       if (b.status() == "queued" || b.status() == "running") {
         ctx_.out << fmt::format("  muon builds logs {} -f{}\n", b.id(), EnvFlag(ep));
       }
     }
-    return kExitOk;
   }
 
   AppContext& ctx_;

@@ -165,6 +165,12 @@ const std::vector<CommandSpec>& Specs() {
          "how long the old secret stays valid, e.g. 1h, 24h; 0s for not at all (default 24h)"}},
        "replace a repo's webhook secret; the old one stays valid for --grace (admin)",
        "Set the new secret on GitHub before the grace period ends."},
+      {{"repos", "sync"},
+       {{"OWNER/NAME"}},
+       {{"branch", "B", false, "the branch to build (default: the repo's default branch)"}},
+       "build what is missing at a branch's head: the recovery for a webhook that never arrived",
+       "Every service at the head is asked for; one whose folder is unchanged since its last\n"
+       "build reuses that artifact, so only what is missing runs."},
       {{"deliveries"},
        {},
        {{"repo", "OWNER/NAME", false, "only this repository's deliveries"},
@@ -212,7 +218,7 @@ const std::map<std::string, std::pair<std::vector<std::string>, std::string>>& G
       {"accounts", {{"list", "disable", "enable"}, "list"}},
       {"invites", {{"list", "create"}, "list"}},
       {"rules", {{"list", "add", "delete"}, "list"}},
-      {"repos", {{"list", "add", "remove", "rotate-secret"}, "list"}},
+      {"repos", {{"list", "add", "remove", "rotate-secret", "sync"}, "list"}},
       {"builds", {{"list", "show", "logs"}, "list"}},
   };
   return kGroups;
@@ -710,6 +716,12 @@ Command Build(const CommandSpec& spec, const Parsed& p, const std::string& usage
                          usage);
       }
     }
+    return cmd;
+  }
+  if (path == "repos sync") {
+    ReposSyncCmd cmd;
+    cmd.name = RepoName("", pos(0), usage);
+    cmd.branch = OneWord(p, "branch", usage);
     return cmd;
   }
   if (path == "deliveries") {

@@ -105,7 +105,8 @@ TEST_CASE("cli repos: list, add, remove, rotate-secret", "[cli]") {
         "repos rotate-secret: missing OWNER/NAME");
 
   CHECK(Problem({"repos", "delete", "acme/shop"}) ==
-        "unknown command 'muon repos delete' (expected one of: list, add, remove, rotate-secret)");
+        "unknown command 'muon repos delete' (expected one of: list, add, remove, rotate-secret, "
+        "sync)");
 }
 
 TEST_CASE("cli repos: deliveries", "[cli]") {
@@ -202,4 +203,14 @@ TEST_CASE("cli repos: reading a --secret-file", "[cli]") {
   const std::string two = write("two", "first-secret\nsecond\n");
   CHECK_FALSE(ReadSecretFile(two, &problem));
   CHECK(problem.find("first-secret") == std::string::npos);
+}
+
+TEST_CASE("muon repos sync takes OWNER/NAME and an optional --branch", "[cli]") {
+  const auto sync = As<muon::cli::ReposSyncCmd>({"repos", "sync", "acme/shop"});
+  CHECK(sync.name == "acme/shop");
+  CHECK(sync.branch.empty());
+  CHECK(As<muon::cli::ReposSyncCmd>({"repos", "sync", "acme/shop", "--branch", "release"}).branch ==
+        "release");
+  CHECK(Problem({"repos", "sync", "acme"}) == NotARepo("acme"));
+  CHECK(Problem({"repos", "sync"}) == "repos sync: missing OWNER/NAME");
 }

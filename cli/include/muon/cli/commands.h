@@ -126,6 +126,11 @@ struct ReposRotateSecretCmd {
   std::string secret_file;
   std::string grace;  // as given (validated: a duration, 0s allowed); empty = the server's 24h
 };
+// The recovery path for a webhook that never arrived: build what is missing at the branch head.
+struct ReposSyncCmd {
+  std::string name;
+  std::string branch;  // empty = the repo's default branch
+};
 struct DeliveriesCmd {
   std::string repo;  // empty = every repo
   int limit = 0;     // -n; 0 = the server's default (50)
@@ -152,8 +157,8 @@ using Command =
                  LogoutCmd, WhoamiCmd, TokenCmd, SignupCmd, PasswdCmd, CallCmd, ServicesCmd,
                  LogsCmd, AccountsListCmd, AccountsSetDisabledCmd, InvitesListCmd, InvitesCreateCmd,
                  RulesListCmd, RulesAddCmd, RulesDeleteCmd, ReposListCmd, ReposAddCmd,
-                 ReposRemoveCmd, ReposRotateSecretCmd, DeliveriesCmd, BuildsListCmd, BuildsShowCmd,
-                 DeployCmd>;
+                 ReposRemoveCmd, ReposRotateSecretCmd, ReposSyncCmd, DeliveriesCmd, BuildsListCmd,
+                 BuildsShowCmd, DeployCmd>;
 
 struct Invocation {
   GlobalOptions global;
