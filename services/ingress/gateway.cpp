@@ -5,6 +5,7 @@
 
 #include "log_tail.h"
 #include "muon/auth/v1/auth.pb.h"
+#include "muon/builder/v1/builder.pb.h"
 #include "muon/common/errors.h"
 #include "muon/common/log.h"
 #include "muon/common/log_lines.h"
@@ -24,6 +25,9 @@ const google::protobuf::MethodDescriptor* FindPlatformMethod(const std::string& 
   // registered; the lookup itself goes by the proto layout rule.
   static const bool linked = [] {
     (void)auth::v1::LoginRequest::descriptor();
+    (void)builder::v1::Build::descriptor();
+    (void)github_events::v1::Repo::descriptor();
+    (void)logs::v1::QueryRequest::descriptor();
     return true;
   }();
   (void)linked;
