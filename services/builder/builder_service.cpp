@@ -11,6 +11,7 @@
 #include "manifest.h"
 #include "muon/common/errors.h"
 #include "muon/common/events.h"
+#include "muon/common/lease.h"
 #include "muon/common/log.h"
 #include "muon/common/log_lines.h"
 
@@ -453,23 +454,8 @@ void BuilderApp::RunBuild(v1::Build build) {
   Publish("started", build);
   // The lease is renewed while the build runs; losing it (another builder took the build after
   // this one stalled) stops the build without writing anything.
-  std::atomic<bool> lease_lost{false};
-  std::atomic<bool> done{false};
-  std::mutex renew_mu;
-  std::condition_variable renew_cv;
-  std::thread renewer([&] {
-    std::unique_lock lock(renew_mu);
-    while (!renew_cv.wait_for(lock, options_.lease / 3, [&] { return done.load(); })) {
-      try {
-        if (!builds_.Renew(build.id(), options_.owner, options_.lease)) {
-          lease_lost = true;
-          return;
-        }
-      } catch (const std::exception& e) {
-        log::Warn("renewing a build's lease failed", {{"build", build.id()}, {"error", e.what()}});
-      }
-    }
-  });
+  LeaseRenewer lease(options_.lease / 3,
+                     [&] { return builds_.Renew(build.id(), options_.owner, options_.lease); });
   loglines::Shipper shipper(bus_, {.service = build.service(),
                                    .instance = build.id(),
                                    .release = Short(build.commit()),
@@ -482,9 +468,7 @@ void BuilderApp::RunBuild(v1::Build build) {
   const fs::path work =
       options_.state_dir / "work" / fmt::format("{}-{}", build.id(), build.attempts());
   auto finish = [&] {
-    done = true;
-    renew_cv.notify_all();
-    renewer.join();
+    lease.Stop();
     std::error_code ec;
     fs::remove_all(work, ec);
     shipper.Flush(std::chrono::seconds(5));
@@ -591,11 +575,11 @@ void BuilderApp::RunBuild(v1::Build build) {
           },
           [&] {
             std::lock_guard lock(mu_);
-            return !stop_ && !lease_lost.load();
+            return !stop_ && !lease.lost();
           });
       if (outcome.cancelled) {
-        note(lease_lost ? "this builder lost the build's lease; another builder takes it over"
-                        : "the builder is stopping; another builder takes the build over");
+        note(lease.lost() ? "this builder lost the build's lease; another builder takes it over"
+                          : "the builder is stopping; another builder takes the build over");
         finish();
         return;
       }

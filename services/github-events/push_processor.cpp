@@ -7,6 +7,7 @@
 
 #include "muon/common/errors.h"
 #include "muon/common/events.h"
+#include "muon/common/lease.h"
 #include "muon/common/log.h"
 #include "muon/common/service.h"
 #include "webhook.h"
@@ -120,27 +121,9 @@ bool PushProcessor::ProcessOne() {
   if (!claimed) return false;
   const std::string id = claimed->delivery_id;
   // The lease is renewed while the builder works on the plan (a first clone can take minutes).
-  std::mutex renew_mu;
-  std::condition_variable renew_cv;
-  bool done = false;
-  std::thread renewer([&] {
-    std::unique_lock lock(renew_mu);
-    while (!renew_cv.wait_for(lock, options_.lease / 3, [&] { return done; })) {
-      try {
-        if (!store_.RenewDelivery(id, options_.owner, options_.lease)) return;
-      } catch (const std::exception&) {
-        // The next renewal tries again; if the lease runs out another processor takes over.
-      }
-    }
-  });
-  auto stop_renewing = [&] {
-    {
-      std::lock_guard lock(renew_mu);
-      done = true;
-    }
-    renew_cv.notify_all();
-    renewer.join();
-  };
+  LeaseRenewer lease(options_.lease / 3,
+                     [&] { return store_.RenewDelivery(id, options_.owner, options_.lease); });
+  auto stop_renewing = [&] { lease.Stop(); };
   try {
     v1::GithubPayload push;
     try {
@@ -225,10 +208,9 @@ bool PushProcessor::ProcessOne() {
       store_.RetryDelivery(id, options_.owner, fmt::format("attempt failed: {}", e.what()),
                            std::chrono::seconds(5));
     } else {
-      store_.FinishDelivery(id, options_.owner, "failed",
-                            fmt::format("gave up after {} attempts: {}", claimed->attempts,
-                                        e.what()),
-                            {});
+      store_.FinishDelivery(
+          id, options_.owner, "failed",
+          fmt::format("gave up after {} attempts: {}", claimed->attempts, e.what()), {});
     }
   }
   return true;
