@@ -1,6 +1,8 @@
 // End to end, as a user: scripts/up brings the local stack up (NATS, PostgreSQL, auth, logs,
 // echo, ingress) on free ports in a throw-away state dir, and the `muon` CLI drives it over HTTP.
 
+#include <signal.h>
+
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
@@ -60,6 +62,20 @@ class LocalStack {
   }
 
   const muon::RunResult& up() const { return up_; }
+  // scripts/up again: restarts whatever process of the stack is no longer running.
+  muon::RunResult Up() {
+    return muon::RunCommand({.program = muon::testing::SourceDir() + "/scripts/up",
+                             .args = {"--no-build"},
+                             .env = env_},
+                            180s);
+  }
+  // The pid of a stack process ("github-events-1"), from scripts/up's pid file.
+  pid_t Pid(const std::string& process) const {
+    std::ifstream in(env_.at("MUON_STATE_DIR") + "/pids/" + process + ".pid");
+    pid_t pid = 0;
+    in >> pid;
+    return pid;
+  }
   const std::string& dir() const { return dir_.path(); }
   std::map<std::string, std::string> UserEnv(const std::string& user) const {
     auto env = env_;
@@ -439,4 +455,69 @@ TEST_CASE(
       60s, 200ms));
   INFO(deliveries);
   CHECK(deliveries.find("e2e-build-1") != std::string::npos);
+
+  // GitHub redelivers the first push: answered as a duplicate, nothing built again.
+  {
+    const std::string body = GithubPush("acme/mono", c0, c1, {"hello/VERSION"});
+    auto again = muon::testing::HttpRequest(
+        "POST", url, body,
+        {{"Content-Type", "application/json"},
+         {"X-GitHub-Event", "push"},
+         {"X-GitHub-Delivery", "e2e-build-1"},
+         {"X-Hub-Signature-256", muon::github_events::SignatureHeader("mono secret", body)}},
+        30s);
+    CHECK(again.status == 200);
+    CHECK(again.body.find(R"("outcome":"duplicate")") != std::string::npos);
+  }
+
+  // Both services change in one push: both build.
+  fs::copy_file(fs::path(muon::testing::SourceDir()) / "examples/monorepo/clock/muon.yaml",
+                work + "/clock/muon.yaml", fs::copy_options::overwrite_existing);
+  std::ofstream(work + "/hello/VERSION") << "4\n";
+  const std::string c4 = push("e2e-build-4", head(), {"hello/VERSION", "clock/muon.yaml"});
+  CHECK(finished("hello", c4).find("succeeded") != std::string::npos);
+  CHECK(finished("clock", c4).find("succeeded") != std::string::npos);
+
+  // github-events killed with -9 right after its 2xx: once it is back, the push is processed and
+  // built exactly once.
+  std::ofstream(work + "/hello/VERSION") << "5\n";
+  const pid_t github_events = stack.Pid("github-events-1");
+  REQUIRE(github_events > 0);
+  const std::string c5 = push("e2e-build-5", c4, {"hello/VERSION"});
+  REQUIRE(::kill(github_events, SIGKILL) == 0);
+  auto restarted = stack.Up();
+  INFO(restarted.output);
+  REQUIRE(restarted.status.Success());
+  CHECK(finished("hello", c5).find("succeeded") != std::string::npos);
+  const std::string hello_list = stack.Muon("admin", {"builds", "--service", "hello"}).output;
+  size_t rows = 0;
+  for (size_t at = hello_list.find(c5.substr(0, 12)); at != std::string::npos;
+       at = hello_list.find(c5.substr(0, 12), at + 1)) {
+    ++rows;
+  }
+  CHECK(rows == 1);
+
+  // A deleted branch: processed as such, nothing built.
+  {
+    const std::string body =
+        "{\"ref\":\"refs/heads/feature-x\",\"before\":\"" + c5 + "\",\"after\":\"" +
+        std::string(40, '0') +
+        "\",\"created\":false,\"deleted\":true,\"forced\":false,\"commits\":[],"
+        "\"head_commit\":null,\"repository\":{\"full_name\":\"acme/mono\","
+        "\"default_branch\":\"main\"},\"pusher\":{\"name\":\"dev\",\"email\":null}}";
+    auto deleted = muon::testing::HttpRequest(
+        "POST", url, body,
+        {{"Content-Type", "application/json"},
+         {"X-GitHub-Event", "push"},
+         {"X-GitHub-Delivery", "e2e-delete-1"},
+         {"X-Hub-Signature-256", muon::github_events::SignatureHeader("mono secret", body)}},
+        30s);
+    CHECK(deleted.status == 200);
+    CHECK(muon::testing::WaitUntil(
+        [&] {
+          deliveries = stack.Muon("admin", {"deliveries", "--repo", "acme/mono"}).output;
+          return deliveries.find("feature-x was deleted") != std::string::npos;
+        },
+        60s, 200ms));
+  }
 }
