@@ -22,6 +22,8 @@ namespace {
 constexpr const char* kKickSubject = "muon.builder.queued";
 constexpr size_t kLastLines = 20;
 constexpr int64_t kMaxFetchBytes = 4 << 20;
+// Takes of one build (each after the previous taker died or hit an error) before it is failed.
+constexpr int kMaxAttempts = 5;
 
 std::string Short(const std::string& sha) {
   return sha.substr(0, 12);
@@ -496,6 +498,14 @@ void BuilderApp::RunBuild(v1::Build build) {
   try {
     note(fmt::format("build {} of {} at {} (attempt {}) on {}", build.id(), build.service(),
                      Short(build.commit()), build.attempts(), options_.owner));
+    if (build.attempts() > kMaxAttempts) {
+      fail({.category = "internal_error",
+            .detail = fmt::format("{} builders stopped while running this build (killed, out of "
+                                  "memory?); muon deploy {} --ref {} tries again",
+                                  build.attempts() - 1, build.service(), build.commit())});
+      finish();
+      return;
+    }
     GitMirror mirror(MirrorsDir(), build.repo(), build.clone_url());
     try {
       mirror.Fetch();
@@ -516,7 +526,10 @@ void BuilderApp::RunBuild(v1::Build build) {
       finish();
       return;
     }
-    fs::remove_all(work);
+    // Work dirs of earlier attempts (their builders died) go too.
+    for (int attempt = 1; attempt <= build.attempts(); ++attempt) {
+      fs::remove_all(options_.state_dir / "work" / fmt::format("{}-{}", build.id(), attempt));
+    }
     mirror.Export(build.commit(), work / "src");
     const fs::path folder = work / "src" / build.folder();
     std::optional<Manifest> manifest;
@@ -619,10 +632,22 @@ void BuilderApp::RunBuild(v1::Build build) {
         std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count()));
     succeed(artifact.digest, artifact.size, false, tree);
   } catch (const std::exception& e) {
-    // The database or the disk failed under us: the lease runs out and a builder tries again.
-    log::Error("build interrupted; it is retried after its lease expires",
-               {{"build", build.id()}, {"error", e.what()}});
-    note(fmt::format("build interrupted ({}); it is retried", e.what()));
+    if (build.attempts() >= kMaxAttempts) {
+      // The same failure every time (not the database or the disk coming back): say so.
+      try {
+        fail({.category = "internal_error",
+              .last_lines = {e.what()},
+              .detail = fmt::format("the builder failed {} times on this build: {}",
+                                    build.attempts(), e.what())});
+      } catch (const std::exception&) {
+        // The database is still away: the lease runs out and the next attempt ends it.
+      }
+    } else {
+      // The database or the disk failed under us: the lease runs out and a builder tries again.
+      log::Error("build interrupted; it is retried after its lease expires",
+                 {{"build", build.id()}, {"error", e.what()}});
+      note(fmt::format("build interrupted ({}); it is retried", e.what()));
+    }
   }
   finish();
 }
