@@ -193,7 +193,7 @@ bool PgBuildStore::Requeue(const std::string& id) {
     const auto r = tx.exec_params(
         "UPDATE builder.builds SET status = 'queued', category = '', failed_step = '', "
         "exit_code = NULL, last_lines = '{}', detail = '', started_at = NULL, finished_at = NULL, "
-        "created_at = now() WHERE id = $1 AND status = 'failed'",
+        "attempts = 0, created_at = now() WHERE id = $1 AND status = 'failed'",
         id);
     tx.commit();
     return r.affected_rows() == 1;

@@ -25,6 +25,27 @@ constexpr int64_t kMaxFetchBytes = 4 << 20;
 // Takes of one build (each after the previous taker died or hit an error) before it is failed.
 constexpr int kMaxAttempts = 5;
 
+// Removes a work dir even when a build left read-only directories in it (Go's module cache);
+// never throws: a leftover dir is not worth failing a build for.
+void RemoveTree(const fs::path& dir) {
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  if (!ec || !fs::exists(dir, ec)) return;
+  for (auto it =
+           fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    std::error_code ignored;
+    if (it->is_directory(ignored)) {
+      fs::permissions(it->path(), fs::perms::owner_all, fs::perm_options::add, ignored);
+    }
+  }
+  fs::permissions(dir, fs::perms::owner_all, fs::perm_options::add, ec);
+  fs::remove_all(dir, ec);
+  if (ec)
+    log::Warn("a build's work dir could not be removed",
+              {{"dir", dir.string()}, {"error", ec.message()}});
+}
+
 std::string Short(const std::string& sha) {
   return sha.substr(0, 12);
 }
@@ -82,7 +103,8 @@ BuilderOptions OptionsFromConfig(const config::Values& values) {
           fmt::format("--service-secret-file (env MUON_SERVICE_SECRET_FILE): {}", e.what()));
     }
   }
-  o.state_dir = values.String("state-dir");
+  // Absolute: the sandbox binds the work dir by its path.
+  o.state_dir = std::filesystem::absolute(values.String("state-dir"));
   o.workers = static_cast<int>(values.Int("workers"));
   o.lease = std::chrono::duration_cast<std::chrono::seconds>(values.Duration("lease"));
   if (o.lease < std::chrono::seconds(3)) {
@@ -149,6 +171,16 @@ void BuilderApp::Register(Service& service, bool authorize) {
       "PlanPush", [this](const auto& request, RequestContext&) { return PlanPush(request); });
   service.AddEndpoint<v1::StartBuildRequest, v1::StartBuildResponse>(
       "StartBuild", [this](const auto& request, RequestContext& ctx) {
+        // A clone URL rewrites the repo's shared mirror: only platform services (github-events'
+        // SyncRepo, with the registered URL) may name one; people build registered repos.
+        if (!request.clone_url().empty() && ctx.claims()) {
+          const auto& roles = ctx.claims()->roles();
+          if (std::find(roles.begin(), roles.end(), "service") == roles.end()) {
+            throw Error::Forbidden(
+                "clone_url is set by the platform: build a registered repo (muon repos add), "
+                "e.g. muon deploy SERVICE --ref REF --repo OWNER/NAME");
+          }
+        }
         v1::StartBuildRequest r = request;
         if (r.trigger().empty()) {
           r.set_trigger(
@@ -191,18 +223,27 @@ void BuilderApp::Wake() {
   cv_.notify_all();
 }
 
-void BuilderApp::Publish(const std::string& type, const v1::Build& build) {
+void BuilderApp::Publish(const std::string& type, const v1::Build& build, bool again) {
   v1::BuildEvent event;
   event.set_type(type);
   *event.mutable_build() = build;
   *event.mutable_time() = google::protobuf::util::TimeUtil::GetCurrentTime();
-  bus::PubAck ack;
-  const std::string id = fmt::format("build.{}.{}.{}", build.id(), type, build.attempts());
-  if (auto ec = js_->Publish("muon.evt.build." + events::SubjectToken(build.service()),
-                             event.SerializeAsString(), id, ack)) {
-    log::Warn("publishing a build event failed",
-              {{"build", build.id()}, {"type", type}, {"error", ec.message()}});
+  // One id per state change: a retried publish of it is dropped by the stream, while a build
+  // queued again (created_at moves) or handed over again by hand (`again`) is a new event.
+  std::string id =
+      fmt::format("build.{}.{}.{}.{}", build.id(), type, build.attempts(),
+                  google::protobuf::util::TimeUtil::TimestampToMicroseconds(build.created_at()));
+  if (again) id += "." + NewBuildId().substr(2);
+  const std::string data = event.SerializeAsString();
+  const std::string subject = "muon.evt.build." + events::SubjectToken(build.service());
+  std::error_code ec;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    bus::PubAck ack;
+    if (!(ec = js_->Publish(subject, data, id, ack))) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200 << attempt));
   }
+  log::Error("publishing a build event failed; the build's state is in builder.builds",
+             {{"build", build.id()}, {"type", type}, {"error", ec.message()}});
 }
 
 v1::PlanPushResponse BuilderApp::PlanPush(const v1::PlanPushRequest& request) {
@@ -341,7 +382,7 @@ v1::StartBuildResponse BuilderApp::StartBuild(const v1::StartBuildRequest& reque
     }
     names.push_back(name);
     if (!request.service().empty() && name != request.service()) continue;
-    const std::string ref = IsFullSha(request.ref()) ? "" : "refs/heads/" + request.ref();
+    const std::string ref = mirror.IsBranch(request.ref()) ? "refs/heads/" + request.ref() : "";
     bool created = false;
     v1::Build build = builds_.Enqueue({.repo = repo,
                                        .clone_url = clone_url,
@@ -362,7 +403,7 @@ v1::StartBuildResponse BuilderApp::StartBuild(const v1::StartBuildRequest& reque
       queued_any = true;
     } else if (build.status() == "succeeded") {
       // Identical inputs: hand the artifact over again, nothing is rebuilt.
-      Publish("release_candidate", build);
+      Publish("release_candidate", build, /*again=*/true);
     }
     *response.add_builds() = std::move(build);
   }
@@ -424,6 +465,9 @@ v1::FetchArtifactResponse BuilderApp::FetchArtifact(const v1::FetchArtifactReque
 }
 
 void BuilderApp::WorkerLoop(int worker) {
+  // Each worker holds leases under its own name: a build whose lease ran out while its worker was
+  // cut off from the database, taken again by a sibling, must not look like the sibling's own.
+  const std::string owner = fmt::format("{}/{}", options_.owner, worker);
   while (true) {
     uint64_t seen = 0;
     {
@@ -433,12 +477,12 @@ void BuilderApp::WorkerLoop(int worker) {
     }
     std::optional<v1::Build> build;
     try {
-      build = builds_.Claim(options_.owner, options_.lease);
+      build = builds_.Claim(owner, options_.lease);
     } catch (const std::exception& e) {
       log::Warn("taking a queued build failed", {{"worker", worker}, {"error", e.what()}});
     }
     if (build) {
-      RunBuild(std::move(*build));
+      RunBuild(std::move(*build), owner);
       continue;
     }
     std::unique_lock lock(mu_);
@@ -446,7 +490,7 @@ void BuilderApp::WorkerLoop(int worker) {
   }
 }
 
-void BuilderApp::RunBuild(v1::Build build) {
+void BuilderApp::RunBuild(v1::Build build, const std::string& owner) {
   using Clock = std::chrono::steady_clock;
   const auto started = Clock::now();
   log::Info("build started", {{"build", build.id()},
@@ -456,8 +500,8 @@ void BuilderApp::RunBuild(v1::Build build) {
   Publish("started", build);
   // The lease is renewed while the build runs; losing it (another builder took the build after
   // this one stalled) stops the build without writing anything.
-  LeaseRenewer lease(options_.lease / 3,
-                     [&] { return builds_.Renew(build.id(), options_.owner, options_.lease); });
+  LeaseRenewer lease(options_.lease / 3, options_.lease,
+                     [&] { return builds_.Renew(build.id(), owner, options_.lease); });
   loglines::Shipper shipper(bus_, {.service = build.service(),
                                    .instance = build.id(),
                                    .release = Short(build.commit()),
@@ -471,24 +515,27 @@ void BuilderApp::RunBuild(v1::Build build) {
       options_.state_dir / "work" / fmt::format("{}-{}", build.id(), build.attempts());
   auto finish = [&] {
     lease.Stop();
-    std::error_code ec;
-    fs::remove_all(work, ec);
+    RemoveTree(work);
     shipper.Flush(std::chrono::seconds(5));
   };
   auto fail = [&](Failure failure) {
     if (failure.last_lines.empty()) failure.last_lines = last.Get();
+    // Build output is anything a step printed (Latin-1, binary, a line cut mid-character): the
+    // database takes UTF-8 only.
+    for (auto& line : failure.last_lines) loglines::SanitizeText(line);
+    loglines::SanitizeText(failure.detail);
     note(fmt::format(
         "build failed ({}{}{})", failure.category,
         failure.step.empty() ? "" : ", step " + failure.step,
         failure.exit_code >= 0 ? fmt::format(", exit code {}", failure.exit_code) : ""));
-    if (!builds_.Fail(build.id(), options_.owner, failure)) return;
+    if (!builds_.Fail(build.id(), owner, failure)) return;
     if (auto stored = builds_.Get(build.id())) Publish("failed", *stored);
     log::Info("build failed",
               {{"build", build.id()}, {"category", failure.category}, {"step", failure.step}});
   };
   auto succeed = [&](const std::string& digest, int64_t size, bool reused,
                      const std::string& tree) {
-    if (!builds_.Succeed(build.id(), options_.owner, digest, size, reused, tree)) return;
+    if (!builds_.Succeed(build.id(), owner, digest, size, reused, tree)) return;
     if (auto stored = builds_.Get(build.id())) {
       Publish("succeeded", *stored);
       Publish("release_candidate", *stored);
@@ -497,7 +544,12 @@ void BuilderApp::RunBuild(v1::Build build) {
   };
   try {
     note(fmt::format("build {} of {} at {} (attempt {}) on {}", build.id(), build.service(),
-                     Short(build.commit()), build.attempts(), options_.owner));
+                     Short(build.commit()), build.attempts(), owner));
+    // Work dirs of earlier attempts (their builders died) go first.
+    for (int attempt = 1; attempt < build.attempts(); ++attempt) {
+      RemoveTree(options_.state_dir / "work" / fmt::format("{}-{}", build.id(), attempt));
+    }
+    RemoveTree(work);
     if (build.attempts() > kMaxAttempts) {
       fail({.category = "internal_error",
             .detail = fmt::format("{} builders stopped while running this build (killed, out of "
@@ -525,10 +577,6 @@ void BuilderApp::RunBuild(v1::Build build) {
       succeed(reusable->first, reusable->second, true, tree);
       finish();
       return;
-    }
-    // Work dirs of earlier attempts (their builders died) go too.
-    for (int attempt = 1; attempt <= build.attempts(); ++attempt) {
-      fs::remove_all(options_.state_dir / "work" / fmt::format("{}-{}", build.id(), attempt));
     }
     mirror.Export(build.commit(), work / "src");
     const fs::path folder = work / "src" / build.folder();
@@ -597,7 +645,7 @@ void BuilderApp::RunBuild(v1::Build build) {
         return;
       }
       if (outcome.timed_out) {
-        const bool whole = Clock::now() >= build_deadline;
+        const bool whole = so.timeout < step.timeout;  // cut short by the build's own timeout
         fail({.category = "timeout",
               .step = step.name,
               .exit_code = -1,

@@ -69,8 +69,9 @@ class BuilderApp {
 
  private:
   void WorkerLoop(int worker);
-  void RunBuild(v1::Build build);
-  void Publish(const std::string& type, const v1::Build& build);
+  void RunBuild(v1::Build build, const std::string& owner);
+  // `again`: a hand-over repeated on request (muon deploy of a built commit), a new event.
+  void Publish(const std::string& type, const v1::Build& build, bool again = false);
   void Wake();
   std::filesystem::path MirrorsDir() const { return options_.state_dir / "mirrors"; }
 

@@ -63,6 +63,15 @@ std::vector<std::string> SplitLines(const std::string& text) {
   return out;
 }
 
+std::vector<std::string> SplitNul(const std::string& text) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  for (size_t end; (end = text.find('\0', start)) != std::string::npos; start = end + 1) {
+    if (end > start) out.push_back(text.substr(start, end - start));
+  }
+  return out;
+}
+
 // "fetch" out of {"--git-dir", "/x", "fetch", ...}: for error messages.
 std::string Subcommand(const std::vector<std::string>& args) {
   for (size_t i = 0; i < args.size(); ++i) {
@@ -142,7 +151,8 @@ void GitMirror::Fetch() {
     fs::rename(partial, path_);
     return;
   }
-  Git({"--git-dir", path_.string(), "remote", "set-url", "origin", clone_url_}, kQuickTimeout);
+  Git({"--git-dir", path_.string(), "remote", "set-url", "--", "origin", clone_url_},
+      kQuickTimeout);
   Git({"--git-dir", path_.string(), "fetch", "--prune", "--quiet", "origin"}, fetch_timeout_);
 }
 
@@ -150,6 +160,13 @@ bool GitMirror::HasCommit(const std::string& commit) {
   int code = 0;
   Git({"--git-dir", path_.string(), "cat-file", "-e", commit + "^{commit}"}, kQuickTimeout, false,
       &code);
+  return code == 0;
+}
+
+bool GitMirror::IsBranch(const std::string& name) {
+  int code = 0;
+  Git({"--git-dir", path_.string(), "show-ref", "--verify", "--quiet", "refs/heads/" + name},
+      kQuickTimeout, false, &code);
   return code == 0;
 }
 
@@ -193,9 +210,9 @@ std::optional<std::string> GitMirror::Show(const std::string& commit, const std:
 std::vector<std::string> GitMirror::ChangedPaths(const std::string& before,
                                                  const std::string& after) {
   const std::string out =
-      Git({"--git-dir", path_.string(), "diff", "--name-only", "--no-renames", before, after},
+      Git({"--git-dir", path_.string(), "diff", "-z", "--name-only", "--no-renames", before, after},
           kQuickTimeout);
-  return SplitLines(out);
+  return SplitNul(out);
 }
 
 std::string GitMirror::TreeId(const std::string& commit, const std::string& folder) {

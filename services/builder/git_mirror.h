@@ -30,6 +30,8 @@ class GitMirror {
   void Fetch();
   // True when `commit` is a commit in the mirror.
   bool HasCommit(const std::string& commit);
+  // True when `name` is a branch of the mirror.
+  bool IsBranch(const std::string& name);
   // A branch name or a (possibly abbreviated) sha, as a full sha; nullopt when unknown.
   std::optional<std::string> Resolve(const std::string& ref);
   // Folders (relative, "" = the root) holding a muon.yaml at the commit, sorted.

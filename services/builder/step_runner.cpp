@@ -105,7 +105,14 @@ StepOutcome RunStep(const StepOptions& options,
   p.stderr_fd = err.write;
   if (options.sandbox == Sandbox::kBubblewrap) {
     p.program = "bwrap";
-    p.args = {"--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"};
+    // An allow-list, not "/ minus some dirs": the system's programs and libraries and /etc,
+    // read-only; nothing of /var, /home, /root, /srv, /opt or the platform's state dir (its
+    // secrets, the mirrors, other builds) is there at all.
+    p.args = {"--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"};
+    for (const char* dir :
+         {"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc"}) {
+      p.args.insert(p.args.end(), {"--ro-bind-try", dir, dir});
+    }
     for (const auto& dir : options.hidden) {
       p.args.insert(p.args.end(), {"--tmpfs", dir.string()});
     }

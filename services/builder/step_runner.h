@@ -1,9 +1,9 @@
 #pragma once
 // Runs one build step: `sh -c <run>` in the service's folder with a clean environment, inside a
-// bubblewrap sandbox when one is available (read-only system, the work dir writable, a private
-// /tmp, its own PID namespace, the builder's state dir hidden), with a timeout and a cap on the
-// output. Every line goes to a callback (the build's log lines); the last lines are kept for the
-// failure report.
+// bubblewrap sandbox when one is available (only /usr, /bin, /sbin, /lib*, /etc, read-only; the
+// work dir writable; a private /tmp; its own PID namespace; nothing else of the host's file
+// system), with a timeout and a cap on the output. The network stays: builds fetch packages. Every
+// line goes to a callback (the build's log lines); the last lines are kept for the failure report.
 
 #include <chrono>
 #include <deque>
@@ -29,7 +29,7 @@ struct StepOptions {
   std::map<std::string, std::string> env;  // on top of the clean base (PATH, HOME, LANG)
   std::chrono::seconds timeout{600};
   Sandbox sandbox = Sandbox::kNone;
-  std::vector<std::filesystem::path> hidden;  // directories replaced by an empty tmpfs
+  std::vector<std::filesystem::path> hidden;  // replaced by an empty tmpfs (inside the binds)
 };
 
 struct StepOutcome {

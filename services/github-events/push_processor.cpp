@@ -121,9 +121,19 @@ bool PushProcessor::ProcessOne() {
   if (!claimed) return false;
   const std::string id = claimed->delivery_id;
   // The lease is renewed while the builder works on the plan (a first clone can take minutes).
-  LeaseRenewer lease(options_.lease / 3,
+  LeaseRenewer lease(options_.lease / 3, options_.lease,
                      [&] { return store_.RenewDelivery(id, options_.owner, options_.lease); });
   auto stop_renewing = [&] { lease.Stop(); };
+  if (claimed->attempts > options_.max_attempts) {
+    // Taken this often without an end: its processors keep dying on it.
+    stop_renewing();
+    store_.FinishDelivery(id, options_.owner, "failed",
+                          fmt::format("gave up after {} attempts (its processors stopped while "
+                                      "handling it); muon repos sync {} builds what is missing",
+                                      claimed->attempts - 1, claimed->repo),
+                          {});
+    return true;
+  }
   try {
     v1::GithubPayload push;
     try {

@@ -450,7 +450,7 @@ TEST_CASE(
   REQUIRE(muon::testing::WaitUntil(
       [&] {
         return f.Count(fmt::format("SELECT count(*) FROM builder.builds WHERE id = '{}' AND "
-                                   "status = 'running' AND lease_owner = 'builder-killed'",
+                                   "status = 'running' AND lease_owner LIKE 'builder-killed/%'",
                                    build_id)) == 1;
       },
       30s, 20ms));
@@ -466,4 +466,39 @@ TEST_CASE(
   CHECK(f.Count("SELECT count(*) FROM builder.builds") == 1);
   CHECK(f.Count("SELECT count(*) FROM builder.artifacts") == 1);
   CHECK(f.Count("SELECT count(*) FROM github.deliveries WHERE status = 'processed'") == 1);
+}
+
+TEST_CASE("a build step sees the system read-only and its own work dir, nothing else of the host",
+          "[builder][sandbox]") {
+  // bubblewrap works on these machines (root); the builder relies on it.
+  REQUIRE(muon::builder::DetectSandbox() == muon::builder::Sandbox::kBubblewrap);
+  // Outside /tmp on purpose: the step's /tmp is its own anyway.
+  const fs::path host = fs::path("/var/tmp") / fmt::format("muon-sandbox-test-{}", ::getpid());
+  fs::remove_all(host);
+  WriteFile(host / "state/secrets/service-secret", "the platform's secret\n");
+  const fs::path work = host / "state/builder/work/b-1-1";
+  fs::create_directories(work / "src");
+  std::vector<std::string> lines;
+  const auto outcome = muon::builder::RunStep(
+      {.run = "cat " + (host / "state/secrets/service-secret").string() +
+              " 2>/dev/null; echo secret=$?; touch /usr/x 2>/dev/null; echo usr=$?;"
+              " ls /var/tmp 2>/dev/null | grep -c muon-sandbox; echo made > made-here;"
+              " echo env=${DATABASE_URL:-none}",
+       .work_dir = work,
+       .cwd = work / "src",
+       .env = {},
+       .timeout = 30s,
+       .sandbox = muon::builder::Sandbox::kBubblewrap,
+       .hidden = {host / "state/builder"}},
+      [&](std::string line, bool) { lines.push_back(std::move(line)); }, [] { return true; });
+  std::string all;
+  for (const auto& l : lines) all += l + "\n";
+  INFO(all);
+  CHECK(outcome.status.Success());
+  CHECK(all.find("the platform's secret") == std::string::npos);
+  CHECK(all.find("secret=1") != std::string::npos);  // the file is not there at all
+  CHECK(all.find("usr=1") != std::string::npos);     // the system is read-only
+  CHECK(all.find("env=none") != std::string::npos);  // a clean environment
+  CHECK(fs::exists(work / "src/made-here"));         // the work dir is writable
+  fs::remove_all(host);
 }

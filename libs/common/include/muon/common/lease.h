@@ -1,11 +1,12 @@
 #pragma once
 // Keeps a lease (a row's owner + expiry in PostgreSQL) alive while its work runs: `renew` is
-// called from its own thread every `every` until Stop() or destruction. A renewal that returns
-// false means another worker took the lease over (this one stalled past the expiry): lost()
-// turns true and renewing stops. A renewal that throws (the database away for a moment) is
-// retried at the next tick; if that lasts past the expiry, the lease simply runs out.
+// called from its own thread every `every` until Stop() or destruction. lost() turns true (and
+// renewing stops) when a renewal returns false (another worker took the lease over after this
+// one stalled past the expiry), or when no renewal has succeeded for `lease` less one `every`
+// (the database unreachable from here: by the time it expires another worker may take it, so
+// the work must stop now). A renewal that throws is otherwise retried at the next tick.
 //
-//   LeaseRenewer lease(30s / 3, [&] { return store.Renew(id, me, 30s); });
+//   LeaseRenewer lease(30s / 3, 30s, [&] { return store.Renew(id, me, 30s); });
 //   ... work, checking lease.lost() ...
 
 #include <atomic>
@@ -19,7 +20,8 @@ namespace muon {
 
 class LeaseRenewer {
  public:
-  LeaseRenewer(std::chrono::milliseconds every, std::function<bool()> renew);
+  LeaseRenewer(std::chrono::milliseconds every, std::chrono::milliseconds lease,
+               std::function<bool()> renew);
   ~LeaseRenewer();
   LeaseRenewer(const LeaseRenewer&) = delete;
   LeaseRenewer& operator=(const LeaseRenewer&) = delete;
