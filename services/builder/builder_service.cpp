@@ -14,6 +14,7 @@
 #include "muon/common/lease.h"
 #include "muon/common/log.h"
 #include "muon/common/log_lines.h"
+#include "muon/common/random_id.h"
 
 namespace muon::builder {
 namespace fs = std::filesystem;
@@ -77,9 +78,8 @@ void CheckRepo(const std::string& repo, const std::string& clone_url) {
 }  // namespace
 
 void AddOptions(config::Spec& spec) {
+  AddServiceSecretOption(spec);
   spec.String("database-url", "DATABASE_URL", std::nullopt, "PostgreSQL URL (schema builder)", true)
-      .String("service-secret-file", "MUON_SERVICE_SECRET_FILE", "",
-              "file holding the platform services' shared secret (service account token)")
       .String("state-dir", "MUON_BUILDER_STATE_DIR", std::nullopt,
               "where the repository mirrors and the build work dirs live", true)
       .Int("workers", "MUON_BUILDER_WORKERS", 1, 1, 64, "builds run at once by this builder")
@@ -95,14 +95,7 @@ void AddOptions(config::Spec& spec) {
 BuilderOptions OptionsFromConfig(const config::Values& values) {
   BuilderOptions o;
   o.database_url = values.String("database-url");
-  if (const auto& file = values.String("service-secret-file"); !file.empty()) {
-    try {
-      o.service_secret = ReadSecretFile(file);
-    } catch (const std::exception& e) {
-      throw config::ConfigError(
-          fmt::format("--service-secret-file (env MUON_SERVICE_SECRET_FILE): {}", e.what()));
-    }
-  }
+  o.service_secret = ServiceSecretFromConfig(values);
   // Absolute: the sandbox binds the work dir by its path.
   o.state_dir = std::filesystem::absolute(values.String("state-dir"));
   o.workers = static_cast<int>(values.Int("workers"));
@@ -139,7 +132,7 @@ BuilderApp::BuilderApp(BuilderOptions options, bus::Connection& bus)
   builds_.Migrate();
   fs::create_directories(MirrorsDir());
   fs::create_directories(options_.state_dir / "work");
-  if (options_.owner.empty()) options_.owner = "builder-" + NewBuildId().substr(2);
+  if (options_.owner.empty()) options_.owner = "builder-" + RandomHex(6);
   js_ = std::make_unique<bus::JetStream>(bus_);
   if (auto ec = js_->EnsureStream(events::StreamConfig())) {
     throw std::runtime_error("cannot create the EVENTS stream: " + ec.message());
@@ -233,7 +226,7 @@ void BuilderApp::Publish(const std::string& type, const v1::Build& build, bool a
   std::string id =
       fmt::format("build.{}.{}.{}.{}", build.id(), type, build.attempts(),
                   google::protobuf::util::TimeUtil::TimestampToMicroseconds(build.created_at()));
-  if (again) id += "." + NewBuildId().substr(2);
+  if (again) id += "." + RandomHex(6);
   const std::string data = event.SerializeAsString();
   const std::string subject = "muon.evt.build." + events::SubjectToken(build.service());
   std::error_code ec;
@@ -447,10 +440,8 @@ v1::Build BuilderApp::GetBuild(const v1::GetBuildRequest& request) {
 
 v1::FetchArtifactResponse BuilderApp::FetchArtifact(const v1::FetchArtifactRequest& request) {
   const std::string& digest = request.digest();
-  const bool hex = digest.size() == 64 && std::all_of(digest.begin(), digest.end(), [](char c) {
-                     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-                   });
-  if (!hex) throw Error::BadRequest("digest must be 64 lowercase hex digits (sha256)");
+  if (!IsValidDigest(digest))
+    throw Error::BadRequest("digest must be 64 lowercase hex digits (sha256)");
   if (request.offset() < 0) throw Error::BadRequest("offset must be >= 0");
   if (request.max_bytes() < 0 || request.max_bytes() > kMaxFetchBytes) {
     throw Error::BadRequest("max_bytes must be 1..4194304");

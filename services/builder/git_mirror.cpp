@@ -40,7 +40,8 @@ class FileLock {
   int fd_ = -1;
 };
 
-std::string LastLines(const std::string& output, size_t n = 5) {
+// The last lines of a command's output, joined: what an error message quotes.
+std::string Tail(const std::string& output, size_t n = 5) {
   std::vector<std::string> lines;
   std::istringstream in(output);
   for (std::string line; std::getline(in, line);) {
@@ -135,7 +136,7 @@ std::string GitMirror::Git(const std::vector<std::string>& args, std::chrono::se
   if (exit_code) *exit_code = r.status.code;
   if (check && !r.status.Success()) {
     throw GitError(fmt::format("git {} failed ({}): {}", Subcommand(args), r.status.Describe(),
-                               LastLines(r.output)));
+                               Tail(r.output)));
   }
   return r.output;
 }
@@ -237,8 +238,8 @@ void GitMirror::Export(const std::string& commit, const fs::path& dest) {
   const RunResult r = RunCommand(o, fetch_timeout_);
   fs::remove(dest / ".muon-source.tar");
   if (!r.status.Success()) {
-    throw GitError(fmt::format("unpacking {} failed ({}): {}", commit, r.status.Describe(),
-                               LastLines(r.output)));
+    throw GitError(
+        fmt::format("unpacking {} failed ({}): {}", commit, r.status.Describe(), Tail(r.output)));
   }
 }
 

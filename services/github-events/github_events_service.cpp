@@ -1,10 +1,10 @@
 #include "github_events_service.h"
 
 #include <fmt/format.h>
-#include <sodium.h>
 
 #include "muon/common/errors.h"
 #include "muon/common/log.h"
+#include "muon/common/random_id.h"
 #include "webhook.h"
 
 namespace muon::github_events {
@@ -57,9 +57,8 @@ bool IsValidBranch(std::string_view branch) {
 }  // namespace
 
 void AddOptions(config::Spec& spec) {
+  AddServiceSecretOption(spec);
   spec.String("database-url", "DATABASE_URL", std::nullopt, "PostgreSQL URL (schema github)", true)
-      .String("service-secret-file", "MUON_SERVICE_SECRET_FILE", "",
-              "file holding the platform services' shared secret (service account token)")
       .String("secret-key-file", "MUON_GITHUB_SECRET_KEY_FILE", std::nullopt,
               "file holding the key webhook secrets are encrypted with at rest (64 hex digits)",
               true)
@@ -80,9 +79,7 @@ GithubEventsOptions OptionsFromConfig(const config::Values& values) {
       throw config::ConfigError(fmt::format("--{} (env {}): {}", flag, env, e.what()));
     }
   };
-  if (!values.String("service-secret-file").empty()) {
-    o.service_secret = read("service-secret-file", "MUON_SERVICE_SECRET_FILE");
-  }
+  o.service_secret = ServiceSecretFromConfig(values);
   o.secret_key_hex = read("secret-key-file", "MUON_GITHUB_SECRET_KEY_FILE");
   o.processor.owner = values.String("instance");
   o.processor.lease =
@@ -317,12 +314,7 @@ void GithubEventsApp::StartProcessing(bus::Connection& bus) {
   planner_ = std::make_unique<BusBuildPlanner>(
       bus, [this] { return service_token_ ? service_token_->Bearer() : std::string(); });
   ProcessorOptions o = options_.processor;
-  if (o.owner.empty()) {
-    unsigned char bytes[6];
-    randombytes_buf(bytes, sizeof bytes);
-    o.owner = "github-events-";
-    for (unsigned char b : bytes) o.owner += fmt::format("{:02x}", b);
-  }
+  if (o.owner.empty()) o.owner = "github-events-" + RandomHex(6);
   processor_ = std::make_unique<PushProcessor>(store_, *planner_, bus, o);
   processor_->Start();
 }

@@ -201,16 +201,13 @@ bool PgStore::RenewDelivery(const std::string& id, const std::string& owner,
 bool PgStore::FinishDelivery(const std::string& id, const std::string& owner,
                              const std::string& status, const std::string& detail,
                              const std::vector<std::string>& builds) {
-  std::string array = "{";
-  for (size_t i = 0; i < builds.size(); ++i) array += (i ? "," : "") + builds[i];
-  array += "}";
   return pool_.Run([&](pqxx::connection& c) {
     pqxx::work tx(c);
     const auto r = tx.exec_params(
         "UPDATE github.deliveries SET status = $3, detail = $4, builds = $5::text[], body = NULL,"
         " processed_at = now(), lease_owner = NULL, lease_expires = NULL"
         " WHERE delivery_id = $1 AND lease_owner = $2 AND status = 'processing'",
-        id, owner, status, detail, array);
+        id, owner, status, detail, db::TextArrayLiteral(builds));
     tx.commit();
     return r.affected_rows() == 1;
   });
@@ -256,11 +253,7 @@ std::vector<v1::Delivery> PgStore::ListDeliveries(const std::string& repo, int l
       d.set_redeliveries(row[9].as<int32_t>());
       SetTime(d.mutable_received_at(), row[10].as<int64_t>());
       if (const int64_t at = row[11].as<int64_t>(); at > 0) SetTime(d.mutable_processed_at(), at);
-      auto builds = row[12].as_array();
-      for (auto item = builds.get_next(); item.first != pqxx::array_parser::done;
-           item = builds.get_next()) {
-        if (item.first == pqxx::array_parser::string_value) d.add_builds(item.second);
-      }
+      for (auto& build : db::ParseTextArray(row[12])) d.add_builds(std::move(build));
       d.set_attempts(row[13].as<int32_t>());
     }
     return out;

@@ -28,9 +28,8 @@ Clock::time_point StartOfDayUtc(Clock::time_point t) {
 }  // namespace
 
 void AddOptions(config::Spec& spec) {
+  AddServiceSecretOption(spec);
   spec.String("database-url", "DATABASE_URL", std::nullopt, "PostgreSQL URL (schema logs)", true)
-      .String("service-secret-file", "MUON_SERVICE_SECRET_FILE", "",
-              "file holding the platform services' shared secret (service account token)")
       .Duration("stream-max-age", "MUON_LOGS_STREAM_MAX_AGE", "168h",
                 "how long the LOGS stream keeps lines (limits retention)")
       .Int("stream-max-mb", "MUON_LOGS_STREAM_MAX_MB", 8192, 1, int64_t(1) << 30,
@@ -51,14 +50,7 @@ LogsOptions OptionsFromConfig(const config::Values& values) {
   LogsOptions o;
   o.database_url = values.String("database-url");
   o.nats_url = values.String("nats-url");
-  if (const auto& file = values.String("service-secret-file"); !file.empty()) {
-    try {
-      o.service_secret = ReadSecretFile(file);
-    } catch (const std::exception& e) {
-      throw config::ConfigError(
-          fmt::format("--service-secret-file (env MUON_SERVICE_SECRET_FILE): {}", e.what()));
-    }
-  }
+  o.service_secret = ServiceSecretFromConfig(values);
   o.stream_max_age =
       std::chrono::duration_cast<std::chrono::seconds>(values.Duration("stream-max-age"));
   o.stream_max_bytes = values.Int("stream-max-mb") * 1024 * 1024;

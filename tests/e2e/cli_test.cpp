@@ -375,14 +375,9 @@ TEST_CASE(
 
   const std::string url =
       "http://127.0.0.1:" + stack.UserEnv("admin").at("MUON_INGRESS_PORT") + "/v1/github/events";
-  auto push = [&](const std::string& delivery, const std::string& before,
-                  const std::vector<std::string>& paths) {
-    Git(work, {"add", "-A"});
-    Git(work, {"commit", "--quiet", "-m", "change " + delivery});
-    Git(work, {"push", "--quiet", "origin", "HEAD"});
-    const std::string after = head();
-    const std::string body = GithubPush("acme/mono", before, after, paths);
-    auto r = muon::testing::HttpRequest(
+  // A delivery with every header GitHub sends, signed with the repo's secret.
+  auto send = [&](const std::string& delivery, const std::string& body) {
+    return muon::testing::HttpRequest(
         "POST", url, body,
         {{"Content-Type", "application/json"},
          {"User-Agent", "GitHub-Hookshot/044aadd"},
@@ -394,6 +389,14 @@ TEST_CASE(
          {"X-Hub-Signature", "sha1=ignored-by-muon"},
          {"X-Hub-Signature-256", muon::github_events::SignatureHeader("mono secret", body)}},
         30s);
+  };
+  auto push = [&](const std::string& delivery, const std::string& before,
+                  const std::vector<std::string>& paths) {
+    Git(work, {"add", "-A"});
+    Git(work, {"commit", "--quiet", "-m", "change " + delivery});
+    Git(work, {"push", "--quiet", "origin", "HEAD"});
+    const std::string after = head();
+    auto r = send(delivery, GithubPush("acme/mono", before, after, paths));
     INFO(r.body);
     REQUIRE(r.status == 200);
     return after;
@@ -458,14 +461,7 @@ TEST_CASE(
 
   // GitHub redelivers the first push: answered as a duplicate, nothing built again.
   {
-    const std::string body = GithubPush("acme/mono", c0, c1, {"hello/VERSION"});
-    auto again = muon::testing::HttpRequest(
-        "POST", url, body,
-        {{"Content-Type", "application/json"},
-         {"X-GitHub-Event", "push"},
-         {"X-GitHub-Delivery", "e2e-build-1"},
-         {"X-Hub-Signature-256", muon::github_events::SignatureHeader("mono secret", body)}},
-        30s);
+    auto again = send("e2e-build-1", GithubPush("acme/mono", c0, c1, {"hello/VERSION"}));
     CHECK(again.status == 200);
     CHECK(again.body.find(R"("outcome":"duplicate")") != std::string::npos);
   }
@@ -505,13 +501,7 @@ TEST_CASE(
         "\",\"created\":false,\"deleted\":true,\"forced\":false,\"commits\":[],"
         "\"head_commit\":null,\"repository\":{\"full_name\":\"acme/mono\","
         "\"default_branch\":\"main\"},\"pusher\":{\"name\":\"dev\",\"email\":null}}";
-    auto deleted = muon::testing::HttpRequest(
-        "POST", url, body,
-        {{"Content-Type", "application/json"},
-         {"X-GitHub-Event", "push"},
-         {"X-GitHub-Delivery", "e2e-delete-1"},
-         {"X-Hub-Signature-256", muon::github_events::SignatureHeader("mono secret", body)}},
-        30s);
+    auto deleted = send("e2e-delete-1", body);
     CHECK(deleted.status == 200);
     CHECK(muon::testing::WaitUntil(
         [&] {

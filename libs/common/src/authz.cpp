@@ -160,4 +160,20 @@ std::string ReadSecretFile(const std::string& path) {
   return secret;
 }
 
+void AddServiceSecretOption(config::Spec& spec) {
+  spec.String("service-secret-file", "MUON_SERVICE_SECRET_FILE", "",
+              "file holding the platform services' shared secret (service account token)");
+}
+
+std::string ServiceSecretFromConfig(const config::Values& values) {
+  const std::string& file = values.String("service-secret-file");
+  if (file.empty()) return "";
+  try {
+    return ReadSecretFile(file);
+  } catch (const std::exception& e) {
+    throw config::ConfigError(
+        fmt::format("--service-secret-file (env MUON_SERVICE_SECRET_FILE): {}", e.what()));
+  }
+}
+
 }  // namespace muon

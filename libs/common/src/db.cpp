@@ -44,6 +44,31 @@ std::error_code make_error_code(DbErrc e) {
   return {static_cast<int>(e), DbCategory()};
 }
 
+std::string TextArrayLiteral(const std::vector<std::string>& items) {
+  std::string out = "{";
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ',';
+    out += '"';
+    for (char c : items[i]) {
+      if (c == '"' || c == '\\') out += '\\';
+      if (c == '\0') continue;
+      out += c;
+    }
+    out += '"';
+  }
+  return out + "}";
+}
+
+std::vector<std::string> ParseTextArray(const pqxx::field& field) {
+  std::vector<std::string> out;
+  auto parser = field.as_array();
+  for (auto item = parser.get_next(); item.first != pqxx::array_parser::done;
+       item = parser.get_next()) {
+    if (item.first == pqxx::array_parser::string_value) out.push_back(item.second);
+  }
+  return out;
+}
+
 std::error_code Classify(const std::exception& e) {
   if (const auto* db = dynamic_cast<const DbError*>(&e)) return db->code();
   if (dynamic_cast<const pqxx::in_doubt_error*>(&e)) return DbErrc::kInDoubt;

@@ -22,6 +22,7 @@
 #include <string>
 
 #include "muon/common/bus.h"
+#include "muon/common/config.h"
 #include "muon/common/rules.h"
 #include "muon/common/service.h"
 #include "muon/common/token.h"
@@ -72,5 +73,12 @@ class ServiceTokenSource {
 // Throws std::runtime_error when the file cannot be read or is empty; the message never contains
 // the content.
 std::string ReadSecretFile(const std::string& path);
+
+// --service-secret-file (env MUON_SERVICE_SECRET_FILE), declared alike by the platform services
+// that get a service token: the file holding the platform services' shared secret.
+void AddServiceSecretOption(config::Spec& spec);
+// That file's content, or "" when the option is unset; config::ConfigError naming the option when
+// the file cannot be read or is empty.
+std::string ServiceSecretFromConfig(const config::Values& values);
 
 }  // namespace muon

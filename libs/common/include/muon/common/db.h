@@ -29,6 +29,10 @@ enum class DbErrc {
 };
 const std::error_category& DbCategory();
 std::error_code make_error_code(DbErrc e);
+// libpqxx 6 binds no arrays: a text[] goes as a literal ($1::text[]) and comes back parsed.
+std::string TextArrayLiteral(const std::vector<std::string>& items);
+std::vector<std::string> ParseTextArray(const pqxx::field& field);
+
 // Classifies an exception thrown by libpqxx (or by the pool).
 std::error_code Classify(const std::exception& e);
 
