@@ -16,7 +16,7 @@
 #include "muon/common/config.h"
 #include "muon/common/service.h"
 #include "push_processor.h"
-#include "secret_box.h"
+#include "muon/common/secret_box.h"
 #include "store.h"
 
 namespace muon::github_events {

@@ -5,10 +5,11 @@
 #include <string>
 
 #include "muon/common/errors.h"
-#include "secret_box.h"
+#include "muon/common/secret_box.h"
 #include "webhook.h"
 
 using namespace muon::github_events;
+using muon::SecretBox;
 
 namespace {
 

@@ -1,13 +1,14 @@
 #pragma once
-// Webhook secrets at rest: libsodium secretbox (XSalsa20-Poly1305) under a 32-byte key from the
-// service's config. A sealed value is nonce || ciphertext; opening checks the MAC.
+// Secrets at rest (webhook secrets, service config secrets): libsodium secretbox
+// (XSalsa20-Poly1305) under a 32-byte key from the service's config. A sealed value is
+// nonce || ciphertext; opening checks the MAC.
 
 #include <array>
 #include <optional>
 #include <string>
 #include <string_view>
 
-namespace muon::github_events {
+namespace muon {
 
 class SecretBox {
  public:
@@ -25,4 +26,4 @@ class SecretBox {
   std::array<unsigned char, 32> key_{};
 };
 
-}  // namespace muon::github_events
+}  // namespace muon

@@ -1,10 +1,10 @@
-#include "secret_box.h"
+#include "muon/common/secret_box.h"
 
 #include <sodium.h>
 
 #include <stdexcept>
 
-namespace muon::github_events {
+namespace muon {
 
 SecretBox::SecretBox(std::string_view key_hex) {
   static_assert(crypto_secretbox_KEYBYTES == 32);
@@ -47,4 +47,4 @@ std::optional<std::string> SecretBox::Open(std::string_view sealed) const {
   return plaintext;
 }
 
-}  // namespace muon::github_events
+}  // namespace muon
