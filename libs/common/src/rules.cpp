@@ -162,6 +162,13 @@ std::vector<auth::v1::Rule> DefaultRules() {
     out.push_back(
         MakeRule("developer", "builder", method, "allow", 500, "developers build and deploy"));
   }
+  // Developers run their services: status, deploys, rollbacks, scale, config, exec. Forcing a
+  // deploy lock open stays with admins (muon unlock --force).
+  for (const char* method : {"Status", "Describe", "ListReleases", "ListEvents", "ListLocks",
+                             "Drift", "Deploy", "Rollback", "Scale", "SetEnv", "Exec"}) {
+    out.push_back(MakeRule("developer", "scheduler", method, "allow", 500,
+                           "developers deploy and operate their services"));
+  }
   for (const char* service : {"auth", "builder", "scheduler", "logs", "github-events", "ingress"}) {
     out.push_back(MakeRule("*", service, "*", "deny", 400,
                            "platform endpoints are admin endpoints unless a rule opens them"));

@@ -39,6 +39,7 @@ CREATE TABLE releases (
   config_version bigint NOT NULL,
   env jsonb NOT NULL DEFAULT '{}',
   secrets bytea,
+  secret_keys text[] NOT NULL DEFAULT '{}',     -- the keys of `secrets` (checked before deploys)
   commit_sha text NOT NULL DEFAULT '',
   author text NOT NULL DEFAULT '',
   build_id text NOT NULL DEFAULT '',
