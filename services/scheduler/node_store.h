@@ -30,6 +30,9 @@ struct Assignment {
   // The release's config (plain values and opened secrets) on top of the manifest's run env.
   std::map<std::string, std::string> env;
   std::vector<std::string> secret_values;  // masked in shipped log lines
+  // Non-empty when the row cannot be run as it is (its release is missing, its manifest does not
+  // parse, its secrets do not open): the node reports it as a start failure with this detail.
+  std::string problem;
 };
 
 // What a node reports about one instance. Unset optionals leave the column as it is.
@@ -40,7 +43,7 @@ struct InstanceReport {
   std::optional<int> restarts;
   std::optional<std::chrono::system_clock::time_point> started_at;
   std::optional<std::chrono::system_clock::time_point> healthy_at;  // set when it became healthy
-  std::optional<std::string> category;  // "" clears it
+  std::optional<std::string> category;                              // "" clears it
   std::optional<std::string> detail;
   std::optional<std::vector<std::string>> last_lines;
 };

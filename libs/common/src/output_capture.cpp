@@ -77,6 +77,7 @@ void CapturedProcess::Pump(int stdout_fd, int stderr_fd) {
     while (!line.empty() && line.back() == '\r') line.pop_back();
     const auto severity = loglines::DetectSeverity(line, s.from_stderr);
     if (truncated) line += " [truncated]";
+    if (options_.on_line) options_.on_line(line, s.from_stderr);
     shipper_->Emit(severity, std::move(line));
   };
   char buffer[65536];

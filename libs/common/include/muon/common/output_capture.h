@@ -4,6 +4,7 @@
 // system lines: how the node runtime runs an instance, so an instance's last lines and its exit
 // code are stored even when it crashes. `muon-run` (tools/muon-run) wraps it for scripts.
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -19,6 +20,9 @@ struct CaptureOptions {
   loglines::ShipperOptions log;  // service, instance, release, region (source is set per line)
   size_t max_line_bytes = loglines::kDefaultMaxMessageBytes;  // longer lines are cut (truncated)
   std::vector<std::string> secrets;  // values masked in every line (the service's secrets)
+  // Called on the reader thread with every line as shipped (sanitised, masked, cut), e.g. to keep
+  // the last lines for a failure report. Must not block.
+  std::function<void(const std::string& line, bool from_stderr)> on_line;
 };
 
 class CapturedProcess {
