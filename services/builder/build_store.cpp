@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <google/protobuf/util/time_util.h>
 
+#include <algorithm>
 #include <pqxx/pqxx>
 
 #include "muon/common/migrations.h"
@@ -25,7 +26,20 @@ constexpr const char* kColumns =
     "coalesce(artifact_size, 0), reused, attempts, "
     "(extract(epoch FROM created_at) * 1000000)::bigint, "
     "coalesce((extract(epoch FROM started_at) * 1000000)::bigint, 0), "
-    "coalesce((extract(epoch FROM finished_at) * 1000000)::bigint, 0), clone_url";
+    "coalesce((extract(epoch FROM finished_at) * 1000000)::bigint, 0), clone_url, manifest";
+// Lists leave the manifest text out.
+constexpr const char* kListColumns =
+    "id, repo, commit_sha, ref, service, folder, trigger, status, category, failed_step, "
+    "coalesce(exit_code, -1), last_lines, detail, coalesce(artifact_digest, ''), "
+    "coalesce(artifact_size, 0), reused, attempts, "
+    "(extract(epoch FROM created_at) * 1000000)::bigint, "
+    "coalesce((extract(epoch FROM started_at) * 1000000)::bigint, 0), "
+    "coalesce((extract(epoch FROM finished_at) * 1000000)::bigint, 0), clone_url, ''";
+
+// handovers entries: "<ref> live" or "<ref> preview" (a ref has no spaces; it may be empty).
+std::string HandoverEntry(const Handover& h) {
+  return h.ref + (h.default_branch ? " live" : " preview");
+}
 
 v1::Build RowToBuild(const pqxx::row& r) {
   v1::Build b;
@@ -53,6 +67,7 @@ v1::Build RowToBuild(const pqxx::row& r) {
   if (finished > 0) *b.mutable_finished_at() = TimeUtil::MicrosecondsToTimestamp(finished);
   if (started > 0 && finished > 0) b.set_duration_ms((finished - started) / 1000);
   b.set_clone_url(r[20].c_str());
+  b.set_manifest(r[21].c_str());
   return b;
 }
 
@@ -71,11 +86,11 @@ v1::Build PgBuildStore::Enqueue(const BuildSpec& spec, bool& created) {
     pqxx::work tx(c);
     const auto inserted = tx.exec_params(
         fmt::format("INSERT INTO builder.builds (id, repo, clone_url, ref, commit_sha, service, "
-                    "folder, trigger) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+                    "folder, trigger, default_branch) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
                     "ON CONFLICT (repo, commit_sha, service) DO NOTHING RETURNING {}",
                     kColumns),
         NewBuildId(), spec.repo, spec.clone_url, spec.ref, spec.commit, spec.service, spec.folder,
-        spec.trigger);
+        spec.trigger, spec.default_branch);
     created = !inserted.empty();
     pqxx::result r = inserted;
     if (!created) {
@@ -125,15 +140,15 @@ bool PgBuildStore::Renew(const std::string& id, const std::string& owner,
 
 bool PgBuildStore::Succeed(const std::string& id, const std::string& owner,
                            const std::string& digest, int64_t size, bool reused,
-                           const std::string& input_tree) {
+                           const std::string& input_tree, const std::string& manifest) {
   return pool_.Run([&](pqxx::connection& c) {
     pqxx::work tx(c);
     const auto r = tx.exec_params(
         "UPDATE builder.builds SET status = 'succeeded', artifact_digest = $3, artifact_size = $4, "
-        "reused = $5, input_tree = $6, finished_at = now(), lease_owner = NULL, "
+        "reused = $5, input_tree = $6, manifest = $7, finished_at = now(), lease_owner = NULL, "
         "lease_expires = NULL, category = '', failed_step = '', exit_code = NULL, "
         "last_lines = '{}', detail = '' WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
-        id, owner, digest, size, reused, input_tree);
+        id, owner, digest, size, reused, input_tree, manifest);
     tx.commit();
     return r.affected_rows() == 1;
   });
@@ -182,6 +197,42 @@ std::optional<std::pair<std::string, int64_t>> PgBuildStore::Reusable(
   });
 }
 
+bool PgBuildStore::AddHandover(const std::string& id, const Handover& handover) {
+  return pool_.Run([&](pqxx::connection& c) {
+    pqxx::work tx(c);
+    // The row lock orders this against Succeed: either the entry is in before the build
+    // succeeds (its worker hands it over) or the build is no longer running here (the caller
+    // does).
+    const auto r = tx.exec_params(
+        "UPDATE builder.builds SET handovers = CASE WHEN (ref = $2 AND default_branch = $3) OR "
+        "$4 = ANY(handovers) THEN handovers ELSE array_append(handovers, $4) END "
+        "WHERE id = $1 AND status IN ('queued', 'running')",
+        id, handover.ref, handover.default_branch, HandoverEntry(handover));
+    tx.commit();
+    return r.affected_rows() == 1;
+  });
+}
+
+std::vector<Handover> PgBuildStore::Handovers(const std::string& id) {
+  return pool_.Run([&](pqxx::connection& c) {
+    pqxx::work tx(c);
+    const auto r = tx.exec_params(
+        "SELECT ref, default_branch, handovers FROM builder.builds WHERE id = $1", id);
+    tx.commit();
+    std::vector<Handover> out;
+    if (r.empty()) return out;
+    out.push_back({.ref = r[0][0].c_str(), .default_branch = r[0][1].as<bool>()});
+    for (const auto& entry : db::ParseTextArray(r[0][2])) {
+      const auto space = entry.rfind(' ');
+      if (space == std::string::npos) continue;
+      Handover h{.ref = entry.substr(0, space),
+                 .default_branch = entry.substr(space + 1) == "live"};
+      if (std::find(out.begin(), out.end(), h) == out.end()) out.push_back(std::move(h));
+    }
+    return out;
+  });
+}
+
 std::optional<v1::Build> PgBuildStore::Get(const std::string& id) {
   return pool_.Run([&](pqxx::connection& c) -> std::optional<v1::Build> {
     pqxx::work tx(c);
@@ -200,7 +251,7 @@ std::vector<v1::Build> PgBuildStore::List(const std::string& service, const std:
     const auto r = tx.exec_params(
         fmt::format("SELECT {} FROM builder.builds WHERE ($1 = '' OR service = $1) AND "
                     "($2 = '' OR repo = $2) ORDER BY created_at DESC, id LIMIT $3",
-                    kColumns),
+                    kListColumns),
         service, repo, limit);
     tx.commit();
     std::vector<v1::Build> out;

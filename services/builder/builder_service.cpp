@@ -216,27 +216,61 @@ void BuilderApp::Wake() {
   cv_.notify_all();
 }
 
-void BuilderApp::Publish(const std::string& type, const v1::Build& build, bool again) {
+namespace {
+
+void PublishEvent(bus::JetStream& js, const v1::BuildEvent& event, const std::string& id) {
+  const std::string data = event.SerializeAsString();
+  const std::string subject = "muon.evt.build." + events::SubjectToken(event.build().service());
+  std::error_code ec;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    bus::PubAck ack;
+    if (!(ec = js.Publish(subject, data, id, ack))) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200 << attempt));
+  }
+  log::Error("publishing a build event failed; the build's state is in builder.builds",
+             {{"build", event.build().id()}, {"type", event.type()}, {"error", ec.message()}});
+}
+
+// One id per state change: a retried publish of it is dropped by the stream, while a build
+// queued again (created_at moves) is a new event.
+std::string EventId(const std::string& type, const v1::Build& build) {
+  return fmt::format("build.{}.{}.{}.{}", build.id(), type, build.attempts(),
+                     google::protobuf::util::TimeUtil::TimestampToMicroseconds(build.created_at()));
+}
+
+}  // namespace
+
+void BuilderApp::Publish(const std::string& type, const v1::Build& build) {
   v1::BuildEvent event;
   event.set_type(type);
   *event.mutable_build() = build;
   *event.mutable_time() = google::protobuf::util::TimeUtil::GetCurrentTime();
-  // One id per state change: a retried publish of it is dropped by the stream, while a build
-  // queued again (created_at moves) or handed over again by hand (`again`) is a new event.
-  std::string id =
-      fmt::format("build.{}.{}.{}.{}", build.id(), type, build.attempts(),
-                  google::protobuf::util::TimeUtil::TimestampToMicroseconds(build.created_at()));
+  PublishEvent(*js_, event, EventId(type, build));
+}
+
+void BuilderApp::PublishCandidate(const v1::Build& build, const Handover& handover, bool again) {
+  v1::BuildEvent event;
+  event.set_type("release_candidate");
+  *event.mutable_build() = build;
+  *event.mutable_time() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  event.set_ref(handover.ref);
+  event.set_default_branch(handover.default_branch);
+  // The ref is part of the id: the same build handed over for another branch is a new event,
+  // while a repeat for the same ref (a redelivered push) within the duplicate window is dropped.
+  std::string id = fmt::format("{}.{}.{}", EventId(event.type(), build),
+                               handover.ref.empty() ? "-" : handover.ref,
+                               handover.default_branch ? "live" : "preview");
   if (again) id += "." + RandomHex(6);
-  const std::string data = event.SerializeAsString();
-  const std::string subject = "muon.evt.build." + events::SubjectToken(build.service());
-  std::error_code ec;
-  for (int attempt = 0; attempt < 3; ++attempt) {
-    bus::PubAck ack;
-    if (!(ec = js_->Publish(subject, data, id, ack))) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200 << attempt));
+  PublishEvent(*js_, event, id);
+}
+
+void BuilderApp::HandOver(v1::Build& build, const Handover& handover, bool again) {
+  if (build.status() == "queued" || build.status() == "running") {
+    if (builds_.AddHandover(build.id(), handover)) return;  // its worker hands it over
+    // It finished in the meantime.
+    if (auto stored = builds_.Get(build.id())) build = std::move(*stored);
   }
-  log::Error("publishing a build event failed; the build's state is in builder.builds",
-             {{"build", build.id()}, {"type", type}, {"error", ec.message()}});
+  if (build.status() == "succeeded") PublishCandidate(build, handover, again);
 }
 
 v1::PlanPushResponse BuilderApp::PlanPush(const v1::PlanPushRequest& request) {
@@ -281,6 +315,12 @@ v1::PlanPushResponse BuilderApp::PlanPush(const v1::PlanPushRequest& request) {
     how = "a new branch: every service builds. ";
   }
 
+  // A push to the default branch deploys; any other branch makes a preview version.
+  const Handover handover{
+      .ref = request.ref(),
+      .default_branch =
+          request.ref() ==
+          "refs/heads/" + (request.default_branch().empty() ? "main" : request.default_branch())};
   v1::PlanPushResponse response;
   std::set<std::string> affected;
   for (const auto& folder : folders) {
@@ -303,10 +343,18 @@ v1::PlanPushResponse BuilderApp::PlanPush(const v1::PlanPushRequest& request) {
                    .commit = request.after(),
                    .service = name,
                    .folder = folder,
-                   .trigger = request.trigger()};
+                   .trigger = request.trigger(),
+                   .default_branch = handover.default_branch};
     bool created = false;
     v1::Build build = builds_.Enqueue(spec, created);
-    if (created) Publish("queued", build);
+    if (created) {
+      Publish("queued", build);
+    } else {
+      // Built (or building) for another push: the same commit pushed to another branch (a
+      // feature branch fast-forwarded into main) is handed over for this ref too, or it would
+      // never be deployed there.
+      HandOver(build, handover, /*again=*/false);
+    }
     *response.add_builds() = std::move(build);
   }
   if (response.builds_size() == 0) {
@@ -383,20 +431,25 @@ v1::StartBuildResponse BuilderApp::StartBuild(const v1::StartBuildRequest& reque
                                        .commit = *commit,
                                        .service = name,
                                        .folder = folder,
-                                       .trigger = request.trigger()},
+                                       .trigger = request.trigger(),
+                                       .default_branch = true},
                                       created);
+    // An explicit deploy goes live, whichever branch the build was first made for.
+    const Handover handover{.ref = ref, .default_branch = true};
     if (created) {
       Publish("queued", build);
       queued_any = true;
     } else if (build.status() == "failed" && builds_.Requeue(build.id())) {
       // Asked again by hand: a failed build gets another go (the cause may be fixed outside the
-      // repo, e.g. a flaky fetch).
+      // repo, e.g. a flaky fetch), and goes live when it succeeds.
+      builds_.AddHandover(build.id(), handover);
       build = *builds_.Get(build.id());
       Publish("queued", build);
       queued_any = true;
-    } else if (build.status() == "succeeded") {
-      // Identical inputs: hand the artifact over again, nothing is rebuilt.
-      Publish("release_candidate", build, /*again=*/true);
+    } else {
+      // Identical inputs: a succeeded build's artifact is handed over again, nothing is rebuilt;
+      // a queued or running one is handed over for this deploy too when it succeeds.
+      HandOver(build, handover, /*again=*/true);
     }
     *response.add_builds() = std::move(build);
   }
@@ -524,12 +577,14 @@ void BuilderApp::RunBuild(v1::Build build, const std::string& owner) {
     log::Info("build failed",
               {{"build", build.id()}, {"category", failure.category}, {"step", failure.step}});
   };
-  auto succeed = [&](const std::string& digest, int64_t size, bool reused,
-                     const std::string& tree) {
-    if (!builds_.Succeed(build.id(), owner, digest, size, reused, tree)) return;
+  auto succeed = [&](const std::string& digest, int64_t size, bool reused, const std::string& tree,
+                     const std::string& manifest_text) {
+    if (!builds_.Succeed(build.id(), owner, digest, size, reused, tree, manifest_text)) return;
     if (auto stored = builds_.Get(build.id())) {
       Publish("succeeded", *stored);
-      Publish("release_candidate", *stored);
+      // For the ref that created the build, then for those asked for while it ran.
+      for (const auto& handover : builds_.Handovers(build.id()))
+        PublishCandidate(*stored, handover);
     }
     log::Info("build succeeded", {{"build", build.id()}, {"digest", digest}, {"reused", reused}});
   };
@@ -560,18 +615,9 @@ void BuilderApp::RunBuild(v1::Build build, const std::string& owner) {
       finish();
       return;
     }
-    const std::string tree = mirror.TreeId(build.commit(), build.folder());
-    if (auto reusable = builds_.Reusable(build.repo(), build.service(), tree);
-        reusable && artifacts_.Has(reusable->first)) {
-      note(fmt::format("the folder {} is unchanged since an earlier build: reusing artifact {}",
-                       build.folder().empty() ? "(root)" : build.folder(), reusable->first));
-      succeed(reusable->first, reusable->second, true, tree);
-      finish();
-      return;
-    }
-    mirror.Export(build.commit(), work / "src");
-    const fs::path folder = work / "src" / build.folder();
+    // The manifest first: a reused build carries it too (the scheduler runs the service by it).
     std::optional<Manifest> manifest;
+    std::string manifest_text;
     {
       auto text = mirror.Show(build.commit(), ManifestPath(build.folder()));
       ManifestResult parsed = text ? ParseManifest(*text) : ManifestResult{};
@@ -589,7 +635,21 @@ void BuilderApp::RunBuild(v1::Build build, const std::string& owner) {
         return;
       }
       manifest = std::move(parsed.manifest);
+      manifest_text = std::move(*text);
+      // Stored in the database: UTF-8 only (a valid manifest is text, but be sure).
+      loglines::SanitizeText(manifest_text);
     }
+    const std::string tree = mirror.TreeId(build.commit(), build.folder());
+    if (auto reusable = builds_.Reusable(build.repo(), build.service(), tree);
+        reusable && artifacts_.Has(reusable->first)) {
+      note(fmt::format("the folder {} is unchanged since an earlier build: reusing artifact {}",
+                       build.folder().empty() ? "(root)" : build.folder(), reusable->first));
+      succeed(reusable->first, reusable->second, true, tree, manifest_text);
+      finish();
+      return;
+    }
+    mirror.Export(build.commit(), work / "src");
+    const fs::path folder = work / "src" / build.folder();
     const auto build_deadline = Clock::now() + manifest->build_timeout;
     int64_t output_bytes = 0;
     bool capped = false;
@@ -669,7 +729,7 @@ void BuilderApp::RunBuild(v1::Build build, const std::string& owner) {
     note(fmt::format(
         "artifact {} ({} bytes, {} files) in {} ms", artifact.digest, artifact.size, artifact.files,
         std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count()));
-    succeed(artifact.digest, artifact.size, false, tree);
+    succeed(artifact.digest, artifact.size, false, tree, manifest_text);
   } catch (const std::exception& e) {
     if (build.attempts() >= kMaxAttempts) {
       // The same failure every time (not the database or the disk coming back): say so.

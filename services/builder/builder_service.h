@@ -70,8 +70,15 @@ class BuilderApp {
  private:
   void WorkerLoop(int worker);
   void RunBuild(v1::Build build, const std::string& owner);
-  // `again`: a hand-over repeated on request (muon deploy of a built commit), a new event.
-  void Publish(const std::string& type, const v1::Build& build, bool again = false);
+  void Publish(const std::string& type, const v1::Build& build);
+  // A release_candidate for `handover` (its ref, live or preview). One event per (build, ref,
+  // live): a repeat within the stream's duplicate window is dropped; `again` (a hand-over asked
+  // for by hand: muon deploy of a built commit) is always a new event.
+  void PublishCandidate(const v1::Build& build, const Handover& handover, bool again = false);
+  // An existing build asked for again: a succeeded one is handed over now, a queued or running
+  // one when it succeeds (a failed one not at all). `build` is refreshed when it finished
+  // meanwhile.
+  void HandOver(v1::Build& build, const Handover& handover, bool again);
   void Wake();
   std::filesystem::path MirrorsDir() const { return options_.state_dir / "mirrors"; }
 

@@ -168,6 +168,8 @@ bool PushProcessor::ProcessOne() {
         request.set_repo(claimed->repo);
         request.set_clone_url(repo->clone_url());
         request.set_ref(push.ref());
+        // A push to it deploys; to any other branch, a preview version.
+        request.set_default_branch(repo->branch());
         request.set_before(push.before());
         request.set_after(push.after());
         for (auto& p : ChangedPaths(push)) request.add_changed_paths(std::move(p));

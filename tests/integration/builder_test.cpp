@@ -9,6 +9,7 @@
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <pqxx/pqxx>
 
 #include "build_store.h"
@@ -233,6 +234,53 @@ std::vector<std::string> ServicesOf(const Fixture& f, const gv1::Delivery& d) {
   return out;
 }
 
+// Every build event in the EVENTS stream, from its start, as the scheduler reads them.
+class BuildEvents {
+ public:
+  explicit BuildEvents(muon::bus::Connection& conn) : js_(conn) {
+    REQUIRE_FALSE(js_.SubscribeOrdered(
+        "EVENTS", "muon.evt.build.>", 1,
+        [this](muon::bus::Msg& msg) {
+          bv1::BuildEvent event;
+          if (!event.ParseFromArray(msg.data().data(), static_cast<int>(msg.data().size()))) return;
+          std::lock_guard lock(mu_);
+          events_.push_back(std::move(event));
+        },
+        sub_));
+  }
+  // The release candidates of `build_id` for `ref`.
+  std::vector<bv1::BuildEvent> Candidates(const std::string& build_id, const std::string& ref) {
+    std::lock_guard lock(mu_);
+    std::vector<bv1::BuildEvent> out;
+    for (const auto& e : events_) {
+      if (e.type() == "release_candidate" && e.build().id() == build_id && e.ref() == ref) {
+        out.push_back(e);
+      }
+    }
+    return out;
+  }
+  // Waits until there are `n` of them.
+  std::vector<bv1::BuildEvent> WaitCandidates(const std::string& build_id, const std::string& ref,
+                                              size_t n = 1) {
+    std::vector<bv1::BuildEvent> got;
+    muon::testing::WaitUntil(
+        [&] {
+          got = Candidates(build_id, ref);
+          return got.size() >= n;
+        },
+        30s, 50ms);
+    INFO(fmt::format("release candidates of {} for {}", build_id, ref));
+    REQUIRE(got.size() == n);
+    return got;
+  }
+
+ private:
+  muon::bus::JetStream js_;
+  muon::bus::Subscription sub_;
+  std::mutex mu_;
+  std::vector<bv1::BuildEvent> events_;
+};
+
 }  // namespace
 
 TEST_CASE(
@@ -258,6 +306,21 @@ TEST_CASE(
   CHECK(hello.commit() == second);
   CHECK(hello.folder() == "hello");
   CHECK(hello.trigger() == "push d-1");
+  // The manifest as committed travels with the build (the scheduler runs the service by it);
+  // lists leave it out.
+  CHECK(hello.manifest() == [&] {
+    std::ifstream in(f.repo.work / "hello/muon.yaml");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }());
+  {
+    bv1::ListBuildsRequest request;
+    request.set_service("hello");
+    bv1::ListBuildsResponse listed;
+    muon::Call(*f.client, muon::PlatformSubject("builder", "ListBuilds"), request, listed, 5s);
+    REQUIRE(listed.builds_size() == 1);
+    CHECK(listed.builds(0).id() == hello.id());
+    CHECK(listed.builds(0).manifest().empty());
+  }
 
   // The artifact streams back in chunks and unpacks to what the step made.
   std::string artifact;
@@ -390,6 +453,10 @@ TEST_CASE(
   CHECK(reused.status() == "succeeded");
   CHECK(reused.reused());
   CHECK(reused.artifact_digest() == clock.artifact_digest());
+  // A reused build carries the manifest too.
+  CHECK_FALSE(clock.manifest().empty());
+  CHECK(reused.manifest() == clock.manifest());
+  CHECK(reused.manifest().find("name: clock") != std::string::npos);
   // Asked again for the same commit: the same build, answered at once.
   muon::Call(*f.client, muon::PlatformSubject("builder", "StartBuild"), start, started, 30s);
   REQUIRE(started.builds_size() == 1);
@@ -407,6 +474,90 @@ TEST_CASE(
   uint64_t last = 0;
   REQUIRE_FALSE(events.LastSequence("EVENTS", last));
   CHECK(last > 0);
+}
+
+TEST_CASE(
+    "a commit built for a feature branch and then pushed to main is handed over again for main; "
+    "a repeat of the same push is not; a deploy by hand always is",
+    "[builder][handover]") {
+  Fixture f;
+  BuildEvents events(*f.client);
+  const std::string first = f.repo.Head();
+  Run(f.repo.work.string(), {"git", "checkout", "--quiet", "-b", "feature-x"});
+  WriteFile(f.repo.work / "hello/VERSION", "feature\n");
+  const std::string second = f.repo.Commit("hello on feature-x");  // pushed to feature-x
+
+  f.Deliver("d-feature", PushBody("refs/heads/feature-x", first, second, {"hello/VERSION"}));
+  auto feature = f.ProcessedDelivery("d-feature");
+  REQUIRE(ServicesOf(f, feature) == std::vector<std::string>{"hello"});
+  const auto hello = f.WaitFinished(feature.builds(0));
+  REQUIRE(hello.status() == "succeeded");
+  CHECK(hello.ref() == "refs/heads/feature-x");
+  auto preview = events.WaitCandidates(hello.id(), "refs/heads/feature-x");
+  CHECK_FALSE(preview[0].default_branch());  // a preview version
+  CHECK(preview[0].build().manifest().find("name: hello") != std::string::npos);
+  CHECK(preview[0].build().artifact_digest() == hello.artifact_digest());
+
+  // Fast-forwarded into main: no new build, but a release candidate for main that goes live.
+  Run(f.repo.work.string(), {"git", "checkout", "--quiet", "main"});
+  Run(f.repo.work.string(), {"git", "merge", "--quiet", "--ff-only", "feature-x"});
+  Run(f.repo.work.string(), {"git", "push", "--quiet", "origin", "main"});
+  f.Deliver("d-main", PushBody("refs/heads/main", first, second, {"hello/VERSION"}));
+  auto main_push = f.ProcessedDelivery("d-main");
+  REQUIRE(main_push.builds_size() == 1);
+  CHECK(main_push.builds(0) == hello.id());
+  CHECK(f.Count("SELECT count(*) FROM builder.builds") == 1);
+  auto live = events.WaitCandidates(hello.id(), "refs/heads/main");
+  CHECK(live[0].default_branch());
+  CHECK(live[0].build().id() == hello.id());
+  CHECK(live[0].build().manifest() == hello.manifest());
+
+  // The same push again (another delivery id) within the stream's duplicate window: dropped.
+  f.Deliver("d-main-again", PushBody("refs/heads/main", first, second, {"hello/VERSION"}));
+  f.ProcessedDelivery("d-main-again");
+  // A deploy by hand is always handed over again.
+  bv1::StartBuildRequest start;
+  start.set_service("hello");
+  start.set_ref("main");
+  start.set_trigger("deploy test");
+  bv1::StartBuildResponse started;
+  muon::Call(*f.client, muon::PlatformSubject("builder", "StartBuild"), start, started, 30s);
+  REQUIRE(started.builds_size() == 1);
+  CHECK(started.builds(0).id() == hello.id());
+  live = events.WaitCandidates(hello.id(), "refs/heads/main", 2);
+  CHECK(live[1].default_branch());
+  CHECK(events.Candidates(hello.id(), "refs/heads/feature-x").size() == 1);
+
+  // A commit pushed to main while its feature-branch build is still running: handed over for
+  // both once it succeeds.
+  Run(f.repo.work.string(), {"git", "checkout", "--quiet", "feature-x"});
+  WriteFile(f.repo.work / "hello/muon.yaml",
+            "name: hello\n"
+            "build:\n"
+            "  steps:\n"
+            "    - name: slow\n"
+            "      run: sleep 3; mkdir -p dist; echo ok > dist/ok\n"
+            "  outputs: [dist]\n"
+            "run:\n"
+            "  command: ./dist/ok\n");
+  const std::string third = f.repo.Commit("slow hello on feature-x");
+  f.Deliver("d-feature-2", PushBody("refs/heads/feature-x", second, third, {"hello/muon.yaml"}));
+  auto feature2 = f.ProcessedDelivery("d-feature-2");
+  REQUIRE(feature2.builds_size() == 1);
+  Run(f.repo.work.string(), {"git", "push", "--quiet", "origin", "feature-x:main"});
+  f.Deliver("d-main-2", PushBody("refs/heads/main", second, third, {"hello/muon.yaml"}));
+  auto main2 = f.ProcessedDelivery("d-main-2");
+  REQUIRE(main2.builds_size() == 1);
+  CHECK(main2.builds(0) == feature2.builds(0));
+  CHECK(f.Count(fmt::format("SELECT count(*) FROM builder.builds WHERE id = '{}' AND status IN "
+                            "('queued', 'running')",
+                            feature2.builds(0))) == 1);  // the hand-over waited for the build
+  const auto slow = f.WaitFinished(feature2.builds(0));
+  REQUIRE(slow.status() == "succeeded");
+  CHECK_FALSE(events.WaitCandidates(slow.id(), "refs/heads/feature-x")[0].default_branch());
+  const auto slow_live = events.WaitCandidates(slow.id(), "refs/heads/main");
+  CHECK(slow_live[0].default_branch());
+  CHECK(slow_live[0].build().manifest().find("sleep 3") != std::string::npos);
 }
 
 TEST_CASE(

@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <fstream>
 #include <future>
+#include <map>
 #include <mutex>
 #include <regex>
 #include <sstream>
@@ -27,12 +28,15 @@ struct EchoProcess {
   muon::Process process;
   std::string log_path;
 
-  EchoProcess(const std::string& nats_url, const std::string& instance) {
+  EchoProcess(const std::string& nats_url, const std::string& instance,
+              std::map<std::string, std::string> extra_env = {}) {
     log_path = dir.path() + "/echo.log";
-    process = muon::Process(
-        {.program = muon::testing::BinDir() + "/muon-echo",
-         .env = {{"NATS_URL", nats_url}, {"MUON_INSTANCE", instance}, {"MUON_LOG_LEVEL", "info"}},
-         .output_file = log_path});
+    std::map<std::string, std::string> env = {
+        {"NATS_URL", nats_url}, {"MUON_INSTANCE", instance}, {"MUON_LOG_LEVEL", "info"}};
+    env.merge(extra_env);
+    process = muon::Process({.program = muon::testing::BinDir() + "/muon-echo",
+                             .env = std::move(env),
+                             .output_file = log_path});
   }
 
   std::string Log() const {
@@ -204,4 +208,43 @@ TEST_CASE("a bad configuration exits 2 and names the option", "[service-api]") {
   CHECK(result.status.code == 2);
   CHECK(result.output.find("--concurrency (env MUON_CONCURRENCY)") != std::string::npos);
   CHECK(result.output.find("--drain-timeout (env MUON_DRAIN_TIMEOUT)") != std::string::npos);
+}
+
+TEST_CASE(
+    "a preview instance answers only its version subject, never svc.<service>.*; preview without "
+    "a release label is a configuration error",
+    "[service-api]") {
+  muon::testing::NatsServer nats;
+  EchoProcess preview(nats.url(), "echo-preview",
+                      {{"MUON_VERSION", "feature-x"}, {"MUON_PREVIEW", "true"}});
+  auto client = muon::bus::Connection::Connect({.url = nats.url()});
+  REQUIRE(client->WaitConnected(5s));
+  INFO(preview.Log());
+  REQUIRE(WaitForInstances(*client, 1));
+
+  muon::echo::v1::EchoRequest request;
+  request.set_message("preview");
+  muon::echo::v1::EchoResponse response;
+  muon::Call(*client, "ver.echo.feature-x.Echo", request, response, 5s);
+  CHECK(response.message() == "preview");
+  CHECK(response.instance() == "echo-preview");
+  // The only instance is a preview: the live subject has nobody.
+  muon::bus::Msg reply;
+  CHECK(client->Request("svc.echo.Echo", request.SerializeAsString(), {}, 2s, reply) ==
+        muon::bus::BusErrc::kNoResponders);
+  // $SRV.INFO lists only the version subjects and says it is a preview.
+  const auto infos = Gather(*client, "$SRV.INFO.echo", 1);
+  REQUIRE(infos.size() == 1);
+  CHECK(infos[0].find("\"svc.echo.") == std::string::npos);
+  CHECK(infos[0].find("\"ver.echo.feature-x.Echo\"") != std::string::npos);
+  CHECK(infos[0].find("\"preview\":\"true\"") != std::string::npos);
+
+  auto result = muon::RunCommand(
+      {.program = muon::testing::BinDir() + "/muon-echo",
+       .env = {{"NATS_URL", nats.url()}, {"MUON_PREVIEW", "1"}, {"MUON_VERSION", ""}}},
+      10s);
+  INFO(result.output);
+  CHECK(result.status.code == 2);
+  CHECK(result.output.find("--preview (env MUON_PREVIEW) needs a release label") !=
+        std::string::npos);
 }

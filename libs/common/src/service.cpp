@@ -151,6 +151,10 @@ Service::Service(bus::Connection& connection, ServiceOptions options)
     throw std::invalid_argument(fmt::format(
         "release label \"{}\" is invalid: use A-Z, a-z, 0-9, dash, underscore", options_.release));
   }
+  if (options_.preview && options_.release.empty()) {
+    throw std::invalid_argument(
+        "a preview instance needs a release label: it answers only ver.<service>.<release>.*");
+  }
   if (options_.concurrency < 1) throw std::invalid_argument("concurrency must be at least 1");
   if (options_.instance_id.empty()) options_.instance_id = GenerateInstanceId();
   if (!IsValidServiceName(options_.instance_id)) {
@@ -159,6 +163,7 @@ Service::Service(bus::Connection& connection, ServiceOptions options)
                     options_.instance_id));
   }
   if (!options_.release.empty()) options_.metadata.emplace("release", options_.release);
+  if (options_.preview) options_.metadata.emplace("preview", "true");
 }
 
 Service::~Service() {
@@ -186,7 +191,8 @@ void Service::AddRawEndpoint(std::string method, RawHandler handler) {
   if (options_.kind == ServiceKind::kPlatform) {
     add(PlatformSubject(options_.name, method), options_.name);
   } else {
-    add(UserSubject(options_.name, method), options_.name);
+    // A preview version takes no live traffic: only its own version subject.
+    if (!options_.preview) add(UserSubject(options_.name, method), options_.name);
     if (!options_.release.empty()) {
       add(VersionSubject(options_.name, options_.release, method),
           fmt::format("{}.{}", options_.name, options_.release));

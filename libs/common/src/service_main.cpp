@@ -18,6 +18,9 @@ void AddCommonOptions(config::Spec& spec) {
       .String("instance", "MUON_INSTANCE", "", "instance id (generated when empty)")
       .String("release", "MUON_VERSION", "",
               "release label; user services also answer ver.<service>.<release>.*")
+      .Bool("preview", "MUON_PREVIEW", false,
+            "a preview version: answer only ver.<service>.<release>.*, never svc.<service>.* "
+            "(needs --release)")
       .Duration("drain-timeout", "MUON_DRAIN_TIMEOUT", "30s",
                 "how long in-flight requests may take to finish on shutdown")
       .Int("concurrency", "MUON_CONCURRENCY", 4, 1, 256,
@@ -73,6 +76,12 @@ int RunService(int argc, char** argv, config::Spec spec, ServiceOptions options,
   try {
     options.instance_id = cfg.String("instance");
     options.release = cfg.String("release");
+    options.preview = cfg.Bool("preview");
+    if (options.preview && options.release.empty()) {
+      throw config::ConfigError(
+          "--preview (env MUON_PREVIEW) needs a release label (--release, env MUON_VERSION): a "
+          "preview instance answers only ver.<service>.<release>.*");
+    }
     options.concurrency = static_cast<int>(cfg.Int("concurrency"));
     options.metadata.emplace("region", cfg.String("region"));
     connection = bus::Connection::Connect(

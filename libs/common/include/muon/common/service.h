@@ -11,7 +11,9 @@
 //
 // Subjects: platform services answer muon.rpc.<service>.<Method> (queue group <service>); user
 // services answer svc.<service>.<Method> (queue group <service>) and, when a release label is set,
-// ver.<service>.<release>.<Method> (queue group <service>.<release>).
+// ver.<service>.<release>.<Method> (queue group <service>.<release>). A preview instance (a
+// branch's preview version) answers only ver.<service>.<release>.<Method>: it takes no live
+// traffic.
 
 #include <google/protobuf/message.h>
 
@@ -57,6 +59,9 @@ struct ServiceOptions {
   std::map<std::string, std::string> metadata;
   std::string instance_id;  // generated when empty
   std::string release;      // user services: also serve ver.<name>.<release>.* when set
+  // User services: serve only ver.<name>.<release>.*, not svc.<name>.* (a preview version must
+  // not take live traffic). Needs a release label.
+  bool preview = false;
   // Queue subscriptions (each with its own delivery thread) per endpoint subject: how many
   // requests of one endpoint this process handles at once.
   int concurrency = 1;

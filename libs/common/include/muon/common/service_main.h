@@ -23,8 +23,8 @@ inline constexpr int kExitStartupFailure = 1;
 
 // Adds the options every service understands:
 //   --nats-url (NATS_URL), --log-level (MUON_LOG_LEVEL), --region (MUON_REGION),
-//   --instance (MUON_INSTANCE), --release (MUON_VERSION), --drain-timeout (MUON_DRAIN_TIMEOUT),
-//   --concurrency (MUON_CONCURRENCY).
+//   --instance (MUON_INSTANCE), --release (MUON_VERSION), --preview (MUON_PREVIEW),
+//   --drain-timeout (MUON_DRAIN_TIMEOUT), --concurrency (MUON_CONCURRENCY).
 void AddCommonOptions(config::Spec& spec);
 
 struct ServiceContext {
