@@ -27,7 +27,7 @@
 #include "muon/common/bus.h"
 #include "muon/common/db.h"
 #include "planner.h"
-#include "store.h"
+#include "scheduler_store.h"
 
 namespace muon::scheduler {
 

@@ -1,6 +1,7 @@
 #include "process_driver.h"
 
 #include <signal.h>
+#include <unistd.h>
 #include <sys/types.h>
 
 #include <deque>
@@ -18,6 +19,8 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr size_t kLastLines = 20;
+// What an instance gets when its env has no PATH (the node agent always sets one).
+constexpr std::string_view kDefaultPath = "/usr/local/bin:/usr/bin:/bin";
 
 // The process group id of `pid` from /proc/<pid>/stat (field 5, after the parenthesised comm,
 // which may itself hold spaces and parentheses); -1 when unreadable.
@@ -114,6 +117,21 @@ std::string ShellLine(const std::string& command) {
   return "exec " + command.substr(start);
 }
 
+// The directory holding the running binary (muon-scheduler, or a test binary) when muon-bus is in
+// it, else empty: instances find the platform's own tools (`muon-bus serve`, the SDK for services
+// without a NATS client) there. Read once.
+const std::string& NodeToolsDir() {
+  static const std::string dir = [] {
+    std::error_code ec;
+    const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+    if (ec) return std::string();
+    const fs::path tool = exe.parent_path() / "muon-bus";
+    if (!fs::is_regular_file(tool, ec) || ::access(tool.c_str(), X_OK) != 0) return std::string();
+    return exe.parent_path().string();
+  }();
+  return dir;
+}
+
 }  // namespace
 
 std::optional<SandboxMode> ParseSandboxMode(std::string_view text) {
@@ -175,6 +193,14 @@ ProcessOptions ProcessDriver::Command(const InstanceSpec& spec,
   ProcessOptions p;
   p.clear_env = true;
   p.env = spec.env;
+  // The node's tools come first in PATH, so `exec muon-bus serve ...` works in a run command.
+  const std::string& tools = NodeToolsDir();
+  if (!tools.empty()) {
+    auto path = p.env.find("PATH");
+    p.env["PATH"] = tools + ":" +
+                    (path == p.env.end() || path->second.empty() ? std::string(kDefaultPath)
+                                                                 : path->second);
+  }
   const std::string dir = fs::absolute(spec.dir).string();
   if (!sandboxed_) {
     p.program = argv.at(0);
@@ -187,6 +213,9 @@ ProcessOptions ProcessDriver::Command(const InstanceSpec& spec,
   for (const char* d : {"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc"}) {
     p.args.insert(p.args.end(), {"--ro-bind-try", d, d});
   }
+  // Read-only, and before the state dir is hidden: a tools dir above the state dir must not
+  // bring it back.
+  if (!tools.empty()) p.args.insert(p.args.end(), {"--ro-bind", tools, tools});
   if (!options_.state_dir.empty()) {
     p.args.insert(p.args.end(), {"--tmpfs", options_.state_dir.string()});
   }

@@ -6,9 +6,12 @@
 // Sandbox (like the builder's steps): bubblewrap from an allow-list — /usr, /bin, /sbin, /lib*
 // and /etc read-only, a private /tmp, /dev and /proc, the instance's own dir writable, its own PID
 // and IPC namespaces; the node's state dir (other instances, the artifact cache) does not exist
-// for it. The network is shared: instances talk to NATS. bwrap's outer process does not pass
-// SIGTERM on, so a graceful stop signals the group's other members (the instance itself) and
-// leaves bwrap to exit with the instance's status.
+// for it. The network is shared: instances talk to NATS. The node's tools: when the directory of
+// the running binary (/proc/self/exe, normally muon-scheduler's) holds muon-bus, it is put first
+// in the instance's PATH and bound read-only into the sandbox, so a run command can
+// `exec muon-bus serve NAME --endpoint ...` (services without a NATS client; tools/muon-bus).
+// bwrap's outer process does not pass SIGTERM on, so a graceful stop signals the group's other
+// members (the instance itself) and leaves bwrap to exit with the instance's status.
 
 #include <filesystem>
 #include <string>

@@ -28,7 +28,7 @@
 #include "muon/scheduler/v1/scheduler.pb.h"
 #include "node_agent.h"
 #include "node_store.h"
-#include "store.h"
+#include "scheduler_store.h"
 
 namespace muon::scheduler {
 

@@ -1,4 +1,4 @@
-#include "store.h"
+#include "scheduler_store.h"
 
 #include <fmt/format.h>
 #include <google/protobuf/util/time_util.h>
