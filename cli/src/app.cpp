@@ -6,17 +6,23 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <iterator>
 #include <map>
 #include <optional>
 #include <set>
+#include <thread>
 
 #include "muon/auth/v1/auth.pb.h"
 #include "muon/builder/v1/builder.pb.h"
 #include "muon/cli/commands.h"
 #include "muon/cli/exit_codes.h"
 #include "muon/cli/output.h"
+#include "muon/cli/scheduler_output.h"
 #include "muon/cli/store.h"
 #include "muon/common/errors.h"
 #include "muon/common/log_lines.h"
@@ -1340,6 +1346,13 @@ class App {
   }
 
   int Do(const DeployCmd& cmd) {
+    if (cmd.ref.empty()) {
+      // No build: roll out an existing release (the newest when none is named).
+      sched::DeployRequest deploy;
+      deploy.set_service(cmd.service);
+      deploy.set_version(cmd.release);
+      return Mutate("Deploy", deploy);
+    }
     const Endpoint ep = CurrentEndpoint();
     bld::StartBuildRequest request;
     request.set_service(cmd.service);
@@ -1352,7 +1365,20 @@ class App {
     }
     const auto started = ParseReply<bld::StartBuildResponse>(response, "StartBuild");
     PrintBuildReceipt(ep, started.builds(), started.commit());
+    if (!started.builds().empty()) PrintRolloutHint(ep, cmd.service, started.builds());
     return kExitOk;
+  }
+
+  // After a build was asked for: the scheduler takes it from there.
+  void PrintRolloutHint(const Endpoint& ep, const std::string& service,
+                        const google::protobuf::RepeatedPtrField<bld::Build>& builds) {
+    ctx_.out << "\nWhen the build succeeds the scheduler makes a release of it and rolls it out:\n";
+    for (const auto& b : builds) {
+      if (b.service() != service && !b.service().empty()) continue;
+      ctx_.out << fmt::format("  muon wait {} --build {}{}\n", service, b.id(), EnvFlag(ep));
+      break;
+    }
+    ctx_.out << fmt::format("  muon events {} -f{}\n", service, EnvFlag(ep));
   }
 
   int Do(const ReposSyncCmd& cmd) {
@@ -1394,6 +1420,466 @@ class App {
         ctx_.out << fmt::format("  muon builds logs {} -f{}\n", b.id(), EnvFlag(ep));
       }
     }
+  }
+
+  // ---- scheduler ---------------------------------------------------------------------------
+
+  template <typename Reply>
+  Reply SchedulerCall(const Endpoint& ep, std::string_view method, const pb::Message& request,
+                      std::string* raw = nullptr) {
+    const HttpResponse response = ServiceCall(ep, "scheduler", method, request);
+    if (raw != nullptr) *raw = response.body;
+    return ParseReply<Reply>(response, "scheduler." + std::string(method));
+  }
+
+  // A mutation: its receipt, or with --output json the scheduler's answer.
+  int Mutate(std::string_view method, const pb::Message& request) {
+    const Endpoint ep = CurrentEndpoint();
+    std::string raw;
+    const auto receipt = SchedulerCall<sched::Receipt>(ep, method, request, &raw);
+    if (json_) {
+      PrintJson(raw);
+    } else {
+      ctx_.out << RenderReceipt(receipt, EnvFlag(ep));
+    }
+    return kExitOk;
+  }
+
+  // Pauses between polls; false: stop (tests only).
+  bool Pause(milliseconds d) {
+    if (ctx_.sleep) return ctx_.sleep(d);
+    std::this_thread::sleep_for(d);
+    return true;
+  }
+
+  // The one service of a Status reply for `service`.
+  static const sched::ServiceStatus& OneService(const sched::StatusResponse& status,
+                                                const std::string& service) {
+    for (const auto& s : status.services()) {
+      if (s.name() == service) return s;
+    }
+    throw CliError(kExitNotFound,
+                   fmt::format("no service named {} (see `muon status`)", Sanitize(service)));
+  }
+
+  int Do(const StatusCmd& cmd) {
+    const Endpoint ep = CurrentEndpoint();
+    sched::StatusRequest request;
+    request.set_service(cmd.service);
+    std::string raw;
+    const auto status = SchedulerCall<sched::StatusResponse>(ep, "Status", request, &raw);
+    if (json_) {
+      PrintJson(raw);
+    } else if (cmd.service.empty()) {
+      ctx_.out << RenderStatusOverview(status, Now());
+    } else {
+      ctx_.out << RenderServiceStatus(OneService(status, cmd.service), Now());
+    }
+    return kExitOk;
+  }
+
+  int Do(const DescribeCmd& cmd) {
+    const Endpoint ep = CurrentEndpoint();
+    sched::GetServiceRequest request;
+    request.set_service(cmd.service);
+    std::string raw;
+    const auto describe = SchedulerCall<sched::DescribeResponse>(ep, "Describe", request, &raw);
+    if (json_) {
+      PrintJson(raw);
+    } else {
+      ctx_.out << RenderDescribe(describe, Now());
+    }
+    return kExitOk;
+  }
+
+  int Do(const ReleasesCmd& cmd) {
+    const Endpoint ep = CurrentEndpoint();
+    sched::ListReleasesRequest request;
+    request.set_service(cmd.service);
+    request.set_limit(cmd.limit);
+    std::string raw;
+    const auto list = SchedulerCall<sched::ListReleasesResponse>(ep, "ListReleases", request, &raw);
+    if (json_) {
+      PrintJson(raw);
+    } else if (list.releases_size() == 0) {
+      ctx_.out << fmt::format("No releases of {} yet.\n", cmd.service);
+    } else {
+      ctx_.out << RenderReleases(list.releases(), Now());
+    }
+    return kExitOk;
+  }
+
+  // Events oldest first (by id), whatever order the scheduler answers in.
+  static void SortEvents(pb::RepeatedPtrField<sched::Event>* events) {
+    std::sort(events->begin(), events->end(),
+              [](const sched::Event& a, const sched::Event& b) { return a.id() < b.id(); });
+  }
+
+  sched::ListEventsResponse ListEvents(const Endpoint& ep,
+                                       const sched::ListEventsRequest& request) {
+    auto list = SchedulerCall<sched::ListEventsResponse>(ep, "ListEvents", request);
+    SortEvents(list.mutable_events());
+    return list;
+  }
+
+  int Do(const HistoryCmd& cmd) {
+    const Endpoint ep = CurrentEndpoint();
+    sched::ListEventsRequest request;
+    request.set_service(cmd.service);
+    request.set_limit(1000);  // instance events are filtered out here
+    auto list = ListEvents(ep, request);
+    sched::ListEventsResponse shown;
+    for (const auto& e : list.events()) {
+      if (IsHistoryEvent(e.type())) *shown.add_events() = e;
+    }
+    auto* events = shown.mutable_events();
+    if (events->size() > cmd.limit) events->DeleteSubrange(0, events->size() - cmd.limit);
+    if (json_) {
+      for (const auto& e : shown.events()) ctx_.out << ToJson(e) << "\n";
+    } else if (shown.events_size() == 0) {
+      ctx_.out << fmt::format("No history of {} yet.\n", cmd.service);
+    } else {
+      ctx_.out << RenderHistory(shown.events());
+    }
+    return kExitOk;
+  }
+
+  void PrintEvent(const sched::Event& e) {
+    ctx_.out << (json_ ? ToJson(e) : FormatEventLine(e)) << "\n";
+  }
+
+  int Do(const EventsCmd& cmd) {
+    const Endpoint ep = CurrentEndpoint();
+    sched::ListEventsRequest request;
+    request.set_service(cmd.service);
+    request.set_limit(cmd.limit);
+    if (!cmd.since.empty()) *request.mutable_since() = SinceTimestamp(cmd.since);
+    auto list = ListEvents(ep, request);
+    int64_t last = list.last_id();
+    for (const auto& e : list.events()) {
+      PrintEvent(e);
+      last = std::max(last, e.id());
+    }
+    if (!cmd.follow) {
+      if (list.events_size() == 0 && !json_) {
+        ctx_.err << (cmd.since.empty() ? std::string("No events.\n")
+                                       : fmt::format("No events since {}.\n", cmd.since));
+      }
+      return kExitOk;
+    }
+    ctx_.out.flush();
+    // Following: the events after the newest one seen, every 500 ms, until Ctrl-C. A poll the
+    // ingress cannot answer (restarting, overloaded) is retried; other errors end the command.
+    bool warned = false;
+    while (Pause(milliseconds(500))) {
+      sched::ListEventsRequest next;
+      next.set_service(cmd.service);
+      next.set_after_id(last);
+      next.set_limit(1000);
+      try {
+        list = ListEvents(ep, next);
+        warned = false;
+      } catch (const CliError& e) {
+        if (e.exit_code() != kExitUnavailable) throw;
+        if (!warned) ctx_.err << "warning: " << e.what() << "; still trying\n";
+        warned = true;
+        continue;
+      }
+      for (const auto& e : list.events()) {
+        if (e.id() <= last) continue;
+        PrintEvent(e);
+        last = e.id();
+      }
+      last = std::max(last, list.last_id());
+      ctx_.out.flush();
+    }
+    return kExitOk;
+  }
+
+  // --since: a duration back from now, or an RFC 3339 time (checked when parsing).
+  pb::Timestamp SinceTimestamp(const std::string& since) const {
+    pb::Timestamp ts;
+    if (auto d = config::ParseDuration(since)) {
+      ts.set_seconds(Now() - std::chrono::duration_cast<std::chrono::seconds>(*d).count());
+    } else {
+      pb::util::TimeUtil::FromString(since, &ts);
+    }
+    return ts;
+  }
+
+  // `muon wait --build ID`: the build, then the release made of it. 0 when the timeout ran out
+  // first (with a note printed).
+  int32_t WaitForBuildRelease(const Endpoint& ep, const WaitCmd& cmd,
+                              const std::function<bool()>& expired,
+                              const std::function<bool(milliseconds)>& pause) {
+    std::string last_status;
+    bld::Build build;
+    while (true) {
+      bld::GetBuildRequest get;
+      get.set_id(cmd.build);
+      build = ParseReply<bld::Build>(ServiceCall(ep, "builder", "GetBuild", get), "GetBuild");
+      if (build.status() != last_status && !json_) {
+        ctx_.out << fmt::format("build {}: {}\n", cmd.build, BuildStatus(build));
+        ctx_.out.flush();
+      }
+      last_status = build.status();
+      if (build.status() == "failed") {
+        std::string text = fmt::format("build {} failed: {}\n", cmd.build,
+                                       CategoryDetail(build.category(), build.detail()));
+        for (const auto& line : build.last_lines()) text += "  " + Sanitize(line) + "\n";
+        if (!json_) ctx_.out << text;
+        throw CliError(kExitRolloutFailed,
+                       fmt::format("build {} of {} failed (details: muon builds show {}{})",
+                                   cmd.build, cmd.service, cmd.build, EnvFlag(ep)));
+      }
+      if (build.status() == "succeeded") break;
+      if (expired() || !pause(milliseconds(500))) return 0;
+    }
+    // The scheduler makes a release of the build's artifact; find it.
+    bool said = false;
+    while (true) {
+      sched::ListReleasesRequest list_request;
+      list_request.set_service(cmd.service);
+      list_request.set_limit(20);
+      const auto list =
+          SchedulerCall<sched::ListReleasesResponse>(ep, "ListReleases", list_request);
+      for (const auto& r : list.releases()) {  // newest first
+        if (r.build_id() == cmd.build ||
+            (!build.artifact_digest().empty() && r.artifact_digest() == build.artifact_digest())) {
+          if (!json_) ctx_.out << fmt::format("release {} made of it\n", VersionLabel(r.version()));
+          return r.version();
+        }
+      }
+      if (!said && !json_) {
+        ctx_.out << "waiting for the scheduler to make a release of it\n";
+        said = true;
+      }
+      if (expired() || !pause(milliseconds(500))) return 0;
+    }
+  }
+
+  int Do(const WaitCmd& cmd) {
+    const Endpoint ep = CurrentEndpoint();
+    const auto start = std::chrono::steady_clock::now();
+    milliseconds paused{0};  // with a test's sleep hook no real time passes: count it
+    auto elapsed = [&] {
+      auto real =
+          std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start);
+      return ctx_.sleep ? real + paused : real;
+    };
+    const std::function<bool(milliseconds)> pause = [&](milliseconds d) {
+      paused += d;
+      return Pause(d);
+    };
+    const std::function<bool()> expired = [&] { return elapsed() >= cmd.timeout; };
+    const std::string timeout_text =
+        FormatSeconds(std::chrono::duration_cast<std::chrono::seconds>(cmd.timeout).count());
+
+    int32_t version = cmd.release;
+    if (!cmd.build.empty()) {
+      version = WaitForBuildRelease(ep, cmd, expired, pause);
+      if (version == 0) {
+        throw CliError(kExitWaitTimeout,
+                       fmt::format("build {} of {} has no release yet after {} (muon builds show "
+                                   "{}{})",
+                                   cmd.build, cmd.service, timeout_text, cmd.build, EnvFlag(ep)));
+      }
+    }
+    std::string last_line;
+    bool warned = false;
+    while (true) {
+      sched::StatusRequest request;
+      request.set_service(cmd.service);
+      std::optional<sched::StatusResponse> status;
+      try {
+        status = SchedulerCall<sched::StatusResponse>(ep, "Status", request);
+        warned = false;
+      } catch (const CliError& e) {
+        // A poll the ingress cannot answer right now is retried until the timeout.
+        if (e.exit_code() != kExitUnavailable) throw;
+        if (!warned) ctx_.err << "warning: " << e.what() << "; still trying\n";
+        warned = true;
+      }
+      if (status) {
+        const auto& s = OneService(*status, cmd.service);
+        const std::string line = WaitProgressLine(s);
+        if (line != last_line && !json_) {
+          ctx_.out << line << "\n";
+          ctx_.out.flush();
+        }
+        last_line = line;
+        switch (JudgeWait(s, version)) {
+          case WaitVerdict::kConverged:
+            if (json_) {
+              ctx_.out << ToJson(s) << "\n";
+            } else {
+              ctx_.out << fmt::format("{} converged: {} live, {} healthy.\n", cmd.service,
+                                      VersionLabel(s.live_version()),
+                                      fmt::format("{}/{}", s.healthy(), s.desired_replicas()));
+            }
+            return kExitOk;
+          case WaitVerdict::kFailed:
+            WaitFailed(ep, s);
+          case WaitVerdict::kWaiting:
+            break;
+        }
+      }
+      if (expired()) {
+        throw CliError(
+            kExitWaitTimeout,
+            fmt::format("{} has not converged within {}{}; follow it with `muon events "
+                        "{} -f{}`",
+                        cmd.service, timeout_text, last_line.empty() ? "" : " (" + last_line + ")",
+                        cmd.service, EnvFlag(ep)));
+      }
+      if (!pause(milliseconds(500))) {
+        throw CliError(kExitWaitTimeout, fmt::format("{}: stopped waiting", cmd.service));
+      }
+    }
+  }
+
+  [[noreturn]] void WaitFailed(const Endpoint& ep, const sched::ServiceStatus& s) {
+    // The failed release's last lines: ListReleases has them, Status does not.
+    std::optional<sched::Release> release;
+    try {
+      sched::ListReleasesRequest request;
+      request.set_service(s.name());
+      request.set_limit(10);
+      const auto list = SchedulerCall<sched::ListReleasesResponse>(ep, "ListReleases", request);
+      for (const auto& r : list.releases()) {
+        if (r.version() == s.rollout().version()) release = r;
+      }
+    } catch (const CliError&) {
+      // The status alone says enough.
+    }
+    if (json_) {
+      ctx_.out << ToJson(s) << "\n";
+    } else {
+      ctx_.out << RenderWaitFailure(s, release ? &*release : nullptr);
+    }
+    throw CliError(kExitRolloutFailed,
+                   fmt::format("the rollout of {} failed{} (more: muon describe {}{}, muon logs "
+                               "{} --release {})",
+                               s.name(), s.paused() ? "; auto-deploy is paused" : "", s.name(),
+                               EnvFlag(ep), s.name(), VersionLabel(s.rollout().version())));
+  }
+
+  int Do(const DriftCmd& cmd) {
+    const Endpoint ep = CurrentEndpoint();
+    sched::DriftRequest request;
+    request.set_service(cmd.service);
+    std::string raw;
+    const auto drift = SchedulerCall<sched::DriftResponse>(ep, "Drift", request, &raw);
+    if (json_) {
+      PrintJson(raw);
+    } else {
+      ctx_.out << RenderDrift(drift);
+    }
+    return kExitOk;
+  }
+
+  int Do(const LocksCmd&) {
+    const Endpoint ep = CurrentEndpoint();
+    std::string raw;
+    const auto locks =
+        SchedulerCall<sched::ListLocksResponse>(ep, "ListLocks", sched::ListLocksRequest{}, &raw);
+    if (json_) {
+      PrintJson(raw);
+    } else {
+      ctx_.out << RenderLocks(locks, Now());
+    }
+    return kExitOk;
+  }
+
+  int Do(const UnlockCmd& cmd) {
+    sched::UnlockRequest request;
+    request.set_service(cmd.service);
+    request.set_force(true);
+    return Mutate("Unlock", request);
+  }
+
+  int Do(const RollbackCmd& cmd) {
+    sched::RollbackRequest request;
+    request.set_service(cmd.service);
+    request.set_to_version(cmd.to_version);
+    return Mutate("Rollback", request);
+  }
+
+  int Do(const ScaleCmd& cmd) {
+    sched::ScaleRequest request;
+    request.set_service(cmd.service);
+    request.set_replicas(cmd.replicas);
+    return Mutate("Scale", request);
+  }
+
+  int Do(const EnvSetCmd& cmd) {
+    sched::SetEnvRequest request;
+    request.set_service(cmd.service);
+    for (const auto& [key, value] : cmd.set) (*request.mutable_set())[key] = value;
+    for (const auto& key : cmd.unset) request.add_unset(key);
+    request.set_deploy(cmd.deploy);
+    return Mutate("SetEnv", request);
+  }
+
+  int Do(const SecretsSetCmd& cmd) {
+    constexpr size_t kMaxSecret = size_t{1} << 20;
+    std::string text;
+    if (cmd.from_stdin) {
+      text.assign(std::istreambuf_iterator<char>(ctx_.in), std::istreambuf_iterator<char>());
+    } else {
+      std::error_code ec;
+      if (std::filesystem::is_directory(cmd.file, ec)) {
+        throw CliError(kExitUsage,
+                       fmt::format("--from-file: '{}' is a directory", Sanitize(cmd.file)));
+      }
+      std::ifstream file(cmd.file, std::ios::binary);
+      if (!file) {
+        throw CliError(kExitUsage, fmt::format("--from-file: cannot read '{}': {}",
+                                               Sanitize(cmd.file), std::strerror(errno)));
+      }
+      text.assign(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
+    }
+    if (text.size() > kMaxSecret) throw CliError(kExitUsage, "the secret is larger than 1 MiB");
+    std::string value = SecretValueFromText(std::move(text));
+    if (value.empty()) {
+      throw CliError(kExitUsage, fmt::format("the value of {} is empty ({})", cmd.key,
+                                             cmd.from_stdin ? "stdin" : Sanitize(cmd.file)));
+    }
+    sched::SetEnvRequest request;
+    request.set_service(cmd.service);
+    (*request.mutable_secrets())[cmd.key] = std::move(value);
+    request.set_deploy(cmd.deploy);
+    return Mutate("SetEnv", request);
+  }
+
+  int Do(const ExecCmd& cmd) {
+    const Endpoint ep = CurrentEndpoint();
+    const auto session = Session(ep, true);
+    sched::ExecRequest request;
+    request.set_service(cmd.service);
+    request.set_instance(cmd.instance);
+    for (const auto& word : cmd.command) request.add_command(word);
+    request.set_timeout_ms(static_cast<int32_t>(cmd.timeout.count()));
+    // The ingress gives a call 10 s unless asked for more: the command's time and some.
+    const milliseconds run = cmd.timeout.count() > 0 ? cmd.timeout : milliseconds(30000);
+    const milliseconds budget = run + milliseconds(5000);
+    const HttpResponse response =
+        Post(ep, "/v1/scheduler/Exec", ToJson(request), session->access_token(),
+             {{"Muon-Timeout", fmt::format("{}ms", budget.count())}}, budget + ctx_.timeout_slack);
+    Expect2xx(response, ep);
+    const auto result = ParseReply<sched::ExecResponse>(response, "scheduler.Exec");
+    if (json_) {
+      PrintJson(response.body);
+      return ExecExitCode(result);
+    }
+    ctx_.out << result.output();
+    ctx_.out.flush();
+    if (result.truncated()) ctx_.err << "warning: the output was cut at 1 MiB\n";
+    if (result.signal() > 0) {
+      ctx_.err << fmt::format("{} on {} was killed by signal {}\n", OrDash(result.instance()),
+                              OrDash(result.node()), result.signal());
+    }
+    return ExecExitCode(result);
   }
 
   AppContext& ctx_;

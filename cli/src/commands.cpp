@@ -11,9 +11,11 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 
 #include "muon/cli/exit_codes.h"
 #include "muon/cli/output.h"
+#include "muon/cli/scheduler_output.h"
 #include "muon/common/config.h"
 #include "muon/common/log_lines.h"
 #include "muon/common/service.h"
@@ -35,6 +37,8 @@ struct FlagSpec {
 struct Positional {
   std::string name;
   bool required = true;
+  bool variadic = false;  // the last one only: takes every remaining argument
+  bool rest = false;      // variadic, and from its first word on nothing is a flag (a command)
 };
 
 struct CommandSpec {
@@ -202,11 +206,106 @@ const std::vector<CommandSpec>& Specs() {
        "The same as `muon logs --build ID`."},
       {{"deploy"},
        {{"SERVICE"}},
-       {{"ref", "REF", false, "a commit sha or a branch name (required)"},
+       {{"ref", "REF", false, "build SERVICE at this commit sha or branch name, then roll it out"},
         {"repo", "OWNER/NAME", false,
-         "the repository holding SERVICE (default: the repo of its last build)"}},
-       "build SERVICE at a commit or branch; prints the builds and how to watch them",
-       "A build with identical inputs done before is not repeated: its artifact is reused."},
+         "with --ref: the repository holding SERVICE (default: the repo of its last build)"},
+        {"release", "vN", false, "roll out this existing release again (v3 or 3)"}},
+       "deploy SERVICE: build it at --ref, roll out --release vN, or the newest release",
+       "--ref REF asks the builder for a build (a build with identical inputs done before is not\n"
+       "repeated: its artifact is reused); the scheduler rolls out the release it makes.\n"
+       "--release vN rolls out that release again. With neither, the newest release is rolled\n"
+       "out and a paused auto-deploy resumes. Every deploy prints its receipt and how to watch\n"
+       "it: muon wait SERVICE, muon events SERVICE -f."},
+      {{"status"},
+       {{"SERVICE", false}},
+       {},
+       "what runs: every service (and the nodes), or one service and its instances",
+       "REPLICAS: healthy instances of the live release / desired. STATE: converged, rolling_out,\n"
+       "degraded, failed (the last rollout failed; the previous release serves), pending (no\n"
+       "release yet), stopped (0 replicas). AUTO-DEPLOY: on, or paused after a failed rollout\n"
+       "until a push or `muon deploy SERVICE`."},
+      {{"describe"},
+       {{"SERVICE"}},
+       {},
+       "a service in full: status, instances, config keys, releases and recent events",
+       "Config keys only, never values; secrets are marked (secret), required keys that are not\n"
+       "set are marked MISSING."},
+      {{"releases"},
+       {{"SERVICE"}},
+       {{"lines", "N", false, "how many of the newest releases to show (-n, 1-500, default 20)"}},
+       "list a service's releases, newest first",
+       "A release is immutable: an artifact plus a config version. REASON: build, config,\n"
+       "rollback or redeploy (of vN). A failed release's category, detail and last lines are\n"
+       "shown."},
+      {{"history"},
+       {{"SERVICE"}},
+       {{"lines", "N", false, "how many of the newest entries to show (-n, 1-1000, default 50)"}},
+       "a service's deploy history: releases, rollouts, scaling, config, auto-deploy, locks",
+       "Oldest first, like a log; `muon events SERVICE` shows every event, instances too."},
+      {{"events"},
+       {{"SERVICE", false}},
+       {{"follow", "", false, "keep printing new events as they happen (-f), until Ctrl-C"},
+        {"since", "D|TIME", false, "from D ago (90s, 15m, 2h, 1d) or an RFC 3339 time"},
+        {"lines", "N", false, "how many events to show first (-n, 1-1000, default 100)"}},
+       "the event trail of a service (or of every service); -f follows it",
+       "Each line: TIME SERVICE TYPE RELEASE INSTANCE MESSAGE, oldest first.\n"
+       "With --output json every event is one JSON object on a line of its own."},
+      {{"wait"},
+       {{"SERVICE"}},
+       {{"release", "vN", false, "wait until this release (or a newer one) is live"},
+        {"build", "ID", false,
+         "wait for build ID (muon deploy --ref), then until the release made of it is live"},
+        {"timeout", "D", false, "give up after D (default 5m)"}},
+       "wait until a service has converged; fails when its rollout fails",
+       "Polls the service's status every 500 ms and prints a line whenever its state or healthy\n"
+       "count changes. Exit 0: converged (or stopped at 0 replicas). Exit 8: the rollout failed\n"
+       "(its category, detail and last lines are printed), or the build failed. Exit 9: not\n"
+       "converged within --timeout. Without --release or --build it waits for the service as it\n"
+       "is now: right after a push or `muon deploy --ref`, use --build ID."},
+      {{"drift"},
+       {{"SERVICE", false}},
+       {},
+       "where what runs differs from what is desired (missing, unexpected, wrong_state, lost)"},
+      {{"locks"}, {}, {}, "list the deploy locks held: by which rollout, why, until when"},
+      {{"unlock"},
+       {{"SERVICE"}},
+       {{"force", "", false, "yes, release a lock its rollout still holds (required; audited)"}},
+       "release a service's deploy lock by force",
+       "A deploy lock is released by the rollout that holds it, or expires. Forcing it is for a\n"
+       "holder that is gone; it is recorded as a lock.forced event with your name."},
+      {{"rollback"},
+       {{"SERVICE"}},
+       {{"to", "vN", false, "the release to go back to (default: the one live before)"}},
+       "roll a service back: a new release with an earlier release's artifact and config"},
+      {{"scale"}, {{"SERVICE"}, {"N"}}, {}, "run N instances of a service (0-100; 0 stops it)"},
+      {{"env", "set"},
+       {{"SERVICE"}, {"KEY=VALUE", true, true}},
+       {{"no-deploy", "", false, "store the config only; the next release picks it up"}},
+       "set a service's env variables (not the CLI's envs), then deploy",
+       "KEY: upper-case letters, digits and '_' (e.g. DATABASE_URL); MUON_* keys are reserved.\n"
+       "Without --no-deploy a release with the new config is rolled out. For secrets use\n"
+       "`muon secrets set`: values given here are stored and shown as plain config."},
+      {{"env", "unset"},
+       {{"SERVICE"}, {"KEY", true, true}},
+       {{"no-deploy", "", false, "store the config only; the next release picks it up"}},
+       "remove env variables from a service's config, then deploy"},
+      {{"secrets", "set"},
+       {{"SERVICE"}, {"KEY"}},
+       {{"from-file", "F", false, "the value is the content of F (one trailing newline removed)"},
+        {"from-stdin", "", false, "read the value from stdin (one trailing newline removed)"},
+        {"no-deploy", "", false, "store the secret only; the next release picks it up"}},
+       "set a secret env variable of a service: stored encrypted, never shown again",
+       "The value never appears on the command line; give exactly one of --from-file and\n"
+       "--from-stdin."},
+      {{"exec"},
+       {{"SERVICE"}, {"CMD", true, true, true}},
+       {{"instance", "I", false, "run it in this instance (default: any running instance)"},
+        {"timeout", "D", false, "give up after D (default 30s, at most 10m)"}},
+       "run a command in an instance's directory and print its output",
+       "Everything from CMD on is the command and its arguments (`--` before CMD also works):\n"
+       "  muon exec api -- ls -la\n"
+       "Exits with the command's exit code (128 + N when killed by signal N). The output\n"
+       "(stdout and stderr together) is printed when the command ends, at most 1 MiB."},
   };
   return kSpecs;
 }
@@ -214,7 +313,8 @@ const std::vector<CommandSpec>& Specs() {
 // Group commands: their subcommands and the one used when none is given.
 const std::map<std::string, std::pair<std::vector<std::string>, std::string>>& Groups() {
   static const std::map<std::string, std::pair<std::vector<std::string>, std::string>> kGroups = {
-      {"env", {{"list", "add", "use", "remove"}, "list"}},
+      {"env", {{"list", "add", "use", "remove", "set", "unset"}, "list"}},
+      {"secrets", {{"set"}, ""}},
       {"accounts", {{"list", "disable", "enable"}, "list"}},
       {"invites", {{"list", "create"}, "list"}},
       {"rules", {{"list", "add", "delete"}, "list"}},
@@ -240,7 +340,8 @@ std::string PathString(const CommandSpec& spec) {
 std::string UsageLine(const CommandSpec& spec) {
   std::string line = "usage: muon " + PathString(spec);
   for (const auto& p : spec.positionals) {
-    line += p.required ? " " + p.name : " [" + p.name + "]";
+    const std::string name = p.name + (p.variadic ? "..." : "");
+    line += p.required ? " " + name : " [" + name + "]";
   }
   for (const auto& f : spec.flags) {
     std::string flag = "--" + f.name + (f.value_name.empty() ? "" : " " + f.value_name);
@@ -283,6 +384,42 @@ const CommandSpec* FindSpec(const std::vector<std::string>& path) {
     if (spec.path == path) return &spec;
   }
   return nullptr;
+}
+
+// Groups whose `muon GROUP --help` lists every subcommand rather than the default one's help.
+bool HasOverview(const std::string& group) {
+  return group == "env" || group == "secrets";
+}
+
+std::string GroupHelp(const std::string& group) {
+  std::string out;
+  if (group == "env") {
+    out =
+        "muon env: two kinds of env share this command.\n\n"
+        "The CLI's own ingress endpoints (stored in ~/.config/muon; chosen per command with\n"
+        "--env NAME):\n";
+  } else {
+    out = fmt::format("muon {}:\n", group);
+  }
+  auto list = [&](const std::vector<std::string>& names) {
+    for (const auto& name : names) {
+      const CommandSpec* spec = FindSpec({group, name});
+      if (spec == nullptr) continue;
+      out += fmt::format("  {}\n      {}\n", UsageLine(*spec).substr(7), spec->summary);
+    }
+  };
+  if (group == "env") {
+    list({"list", "add", "use", "remove"});
+    out +=
+        "\nA service's env variables (its config, stored by the scheduler; a new release rolls\n"
+        "out unless --no-deploy; secrets: muon secrets set):\n";
+    list({"set", "unset"});
+    out += "\n`muon env` alone is `muon env list`. Run `muon env SUBCOMMAND --help` for details.\n";
+  } else {
+    list(Groups().at(group).first);
+    out += fmt::format("\nRun `muon {} SUBCOMMAND --help` for details.\n", group);
+  }
+  return out;
 }
 
 std::string MainUsage() {
@@ -552,6 +689,17 @@ int Count(const std::string& n, int max, const std::string& what, const std::str
   return value;
 }
 
+// --release vN, --to vN: "v3" or "3".
+int32_t ReleaseArg(const std::string& what, const std::string& text, const std::string& usage) {
+  auto version = ParseReleaseVersion(text);
+  if (!version) {
+    throw UsageError(
+        fmt::format("{}: '{}' is not a release number (e.g. v3 or 3)", what, Sanitize(text)),
+        usage);
+  }
+  return *version;
+}
+
 Command Build(const CommandSpec& spec, const Parsed& p, const std::string& usage) {
   const std::string path = PathString(spec);
   auto pos = [&](size_t i) { return i < p.positionals.size() ? p.positionals[i] : std::string{}; };
@@ -747,9 +895,172 @@ Command Build(const CommandSpec& spec, const Parsed& p, const std::string& usage
   if (path == "deploy") {
     DeployCmd cmd;
     cmd.service = BuildService("", pos(0), usage);
-    cmd.ref = Required(p, "ref", usage);
-    OneWord(p, "ref", usage);  // no spaces or control characters: not a commit or a branch
-    if (p.Has("repo")) cmd.repo = RepoName("--repo", p.Get("repo"), usage);
+    // No spaces or control characters: not a commit or a branch.
+    if (p.Has("ref")) cmd.ref = OneWord(p, "ref", usage);
+    if (p.Has("release")) {
+      if (p.Has("ref")) {
+        throw UsageError(
+            "--ref and --release cannot be combined: --ref builds a new release, --release rolls "
+            "out an existing one",
+            usage);
+      }
+      cmd.release = ReleaseArg("--release", p.Get("release"), usage);
+    }
+    if (p.Has("repo")) {
+      if (!p.Has("ref")) {
+        throw UsageError("--repo goes with --ref (the repository to build SERVICE from)", usage);
+      }
+      cmd.repo = RepoName("--repo", p.Get("repo"), usage);
+    }
+    return cmd;
+  }
+  if (path == "status") {
+    StatusCmd cmd;
+    if (!pos(0).empty()) cmd.service = BuildService("", pos(0), usage);
+    return cmd;
+  }
+  if (path == "describe") return DescribeCmd{BuildService("", pos(0), usage)};
+  if (path == "releases") {
+    ReleasesCmd cmd;
+    cmd.service = BuildService("", pos(0), usage);
+    if (p.Has("lines")) cmd.limit = Count(p.Get("lines"), 500, "releases", usage);
+    return cmd;
+  }
+  if (path == "history") {
+    HistoryCmd cmd;
+    cmd.service = BuildService("", pos(0), usage);
+    if (p.Has("lines")) cmd.limit = Count(p.Get("lines"), 1000, "entries", usage);
+    return cmd;
+  }
+  if (path == "events") {
+    EventsCmd cmd;
+    if (!pos(0).empty()) cmd.service = BuildService("", pos(0), usage);
+    cmd.follow = p.Has("follow");
+    if (p.Has("since")) {
+      cmd.since = p.Get("since");
+      if (!IsTimeArg(cmd.since)) {
+        throw UsageError(fmt::format("--since: '{}' is neither a duration (90s, 15m, 2h, 1d) nor "
+                                     "an RFC 3339 time (2026-11-30T10:00:00Z)",
+                                     Sanitize(cmd.since)),
+                         usage);
+      }
+    }
+    if (p.Has("lines")) cmd.limit = Count(p.Get("lines"), 1000, "events", usage);
+    return cmd;
+  }
+  if (path == "wait") {
+    WaitCmd cmd;
+    cmd.service = BuildService("", pos(0), usage);
+    if (p.Has("release")) cmd.release = ReleaseArg("--release", p.Get("release"), usage);
+    if (p.Has("build")) {
+      if (p.Has("release")) throw UsageError("--build and --release cannot be combined", usage);
+      cmd.build = BuildId(p.Get("build"), usage);
+    }
+    if (p.Has("timeout")) {
+      cmd.timeout = std::chrono::ceil<std::chrono::milliseconds>(
+          PositiveDuration("timeout", p.Get("timeout"), usage));
+    }
+    return cmd;
+  }
+  if (path == "drift") {
+    DriftCmd cmd;
+    if (!pos(0).empty()) cmd.service = BuildService("", pos(0), usage);
+    return cmd;
+  }
+  if (path == "locks") return LocksCmd{};
+  if (path == "unlock") {
+    UnlockCmd cmd{BuildService("", pos(0), usage)};
+    if (!p.Has("force")) {
+      throw UsageError(
+          "a deploy lock is released by the rollout that holds it, or when it expires; to "
+          "release it anyway add --force (recorded as a lock.forced event with your name)",
+          usage);
+    }
+    return cmd;
+  }
+  if (path == "rollback") {
+    RollbackCmd cmd;
+    cmd.service = BuildService("", pos(0), usage);
+    if (p.Has("to")) cmd.to_version = ReleaseArg("--to", p.Get("to"), usage);
+    return cmd;
+  }
+  if (path == "scale") {
+    ScaleCmd cmd;
+    cmd.service = BuildService("", pos(0), usage);
+    const std::string n = pos(1);
+    int value = -1;
+    auto [ptr, ec] = std::from_chars(n.data(), n.data() + n.size(), value);
+    if (ec != std::errc() || ptr != n.data() + n.size() || value < 0 || value > 100) {
+      throw UsageError(
+          fmt::format("N: '{}' is not a number of replicas from 0 to 100", Sanitize(n)), usage);
+    }
+    cmd.replicas = value;
+    return cmd;
+  }
+  if (path == "env set" || path == "env unset") {
+    EnvSetCmd cmd;
+    cmd.service = BuildService("", pos(0), usage);
+    cmd.deploy = !p.Has("no-deploy");
+    std::set<std::string> seen;
+    for (size_t i = 1; i < p.positionals.size(); ++i) {
+      std::string key;
+      if (path == "env set") {
+        std::string problem;
+        auto kv = ParseKeyValue(p.positionals[i], &problem);
+        if (!kv) throw UsageError(problem, usage);
+        key = kv->first;
+        cmd.set.push_back(std::move(*kv));
+      } else {
+        key = p.positionals[i];
+        if (auto problem = EnvKeyProblem(key)) throw UsageError(*problem, usage);
+        cmd.unset.push_back(key);
+      }
+      if (!seen.insert(key).second) {
+        throw UsageError(fmt::format("{} is given more than once", key), usage);
+      }
+    }
+    return cmd;
+  }
+  if (path == "secrets set") {
+    SecretsSetCmd cmd;
+    cmd.service = BuildService("", pos(0), usage);
+    cmd.key = pos(1);
+    if (auto problem = EnvKeyProblem(cmd.key)) throw UsageError(*problem, usage);
+    cmd.from_stdin = p.Has("from-stdin");
+    if (p.Has("from-file")) {
+      cmd.file = p.Get("from-file");
+      if (cmd.file.empty()) throw UsageError("--from-file: no file named", usage);
+    }
+    if (cmd.from_stdin == p.Has("from-file")) {
+      throw UsageError(
+          "give the value with exactly one of --from-file F and --from-stdin (never "
+          "on the command line)",
+          usage);
+    }
+    cmd.deploy = !p.Has("no-deploy");
+    return cmd;
+  }
+  if (path == "exec") {
+    ExecCmd cmd;
+    cmd.service = BuildService("", pos(0), usage);
+    cmd.command.assign(p.positionals.begin() + 1, p.positionals.end());
+    if (cmd.command.front().empty()) throw UsageError("CMD must not be empty", usage);
+    if (p.Has("instance")) {
+      cmd.instance = p.Get("instance");
+      if (!loglines::IsValidToken(cmd.instance)) {
+        throw UsageError(fmt::format("--instance: '{}' is not an instance id (letters, digits, "
+                                     "'_', '-')",
+                                     Sanitize(cmd.instance)),
+                         usage);
+      }
+    }
+    if (p.Has("timeout")) {
+      cmd.timeout = std::chrono::ceil<std::chrono::milliseconds>(
+          PositiveDuration("timeout", p.Get("timeout"), usage));
+      if (cmd.timeout > std::chrono::minutes(10)) {
+        throw UsageError("--timeout: at most 10m", usage);
+      }
+    }
     return cmd;
   }
   throw UsageError(fmt::format("unknown command '{}'", path), MainUsage());
@@ -895,7 +1206,22 @@ Invocation ParseArgs(const std::vector<std::string>& args) {
   auto group = Groups().find(path[0]);
   if (group != Groups().end()) {
     const auto& [subcommands, fallback] = group->second;
-    if (i < args.size() && !args[i].empty() && args[i][0] != '-') {
+    const bool named = i < args.size() && !args[i].empty() && args[i][0] != '-';
+    if (!named && HasOverview(path[0])) {
+      // `muon env --help`, `muon help env`: the whole group, since its subcommands differ in kind.
+      bool help = help_topic;
+      for (size_t j = i; j < args.size() && args[j] != "--"; ++j) help = help || IsHelp(args[j]);
+      if (help) {
+        inv.command = HelpCmd{GroupHelp(path[0])};
+        return inv;
+      }
+    }
+    if (!named && fallback.empty()) {
+      throw UsageError(
+          fmt::format("muon {} needs a subcommand: {}", path[0], Join(subcommands, ", ")),
+          fmt::format("(run `muon {} --help` for details)", path[0]));
+    }
+    if (named) {
       if (std::find(subcommands.begin(), subcommands.end(), args[i]) == subcommands.end()) {
         throw UsageError(fmt::format("unknown command 'muon {} {}' (expected one of: {})", path[0],
                                      args[i], Join(subcommands, ", ")),
@@ -937,8 +1263,14 @@ Invocation ParseArgs(const std::vector<std::string>& args) {
       continue;
     }
     parsed.positionals.push_back(arg);
+    // From the first word of a command on (muon exec SERVICE CMD ARGS...) nothing is a flag.
+    if (!spec->positionals.empty() && spec->positionals.back().rest &&
+        parsed.positionals.size() >= spec->positionals.size()) {
+      only_positionals = true;
+    }
   }
-  const size_t max = spec->positionals.size();
+  const bool variadic = !spec->positionals.empty() && spec->positionals.back().variadic;
+  const size_t max = variadic ? args.size() : spec->positionals.size();
   size_t min = 0;
   for (const auto& p : spec->positionals) min += p.required ? 1 : 0;
   if (parsed.positionals.size() < min) {

@@ -12,6 +12,7 @@
 #include "muon/common/proto_registry.h"
 #include "muon/common/service.h"
 #include "muon/github_events/v1/github_events.pb.h"
+#include "muon/scheduler/v1/scheduler.pb.h"
 
 namespace muon::ingress {
 namespace http = boost::beast::http;
@@ -28,6 +29,7 @@ const google::protobuf::MethodDescriptor* FindPlatformMethod(const std::string& 
     (void)builder::v1::Build::descriptor();
     (void)github_events::v1::Repo::descriptor();
     (void)logs::v1::QueryRequest::descriptor();
+    (void)scheduler::v1::StatusRequest::descriptor();
     return true;
   }();
   (void)linked;

@@ -112,8 +112,10 @@ TEST_CASE("cli builds: deploy", "[cli]") {
         "feature/login");
 
   CHECK(Problem({"deploy"}) == "deploy: missing SERVICE");
-  CHECK(Problem({"deploy", "greeter"}) == "--ref is required");
-  CHECK(Problem({"deploy", "greeter", "--ref", ""}) == "--ref is required");
+  // Without --ref it is the scheduler's Deploy (cli_scheduler_test.cpp).
+  CHECK(As<muon::cli::DeployCmd>({"deploy", "greeter"}).ref.empty());
+  CHECK(Problem({"deploy", "greeter", "--ref", ""}) ==
+        "--ref: '' must be non-empty, without spaces or control characters");
   CHECK(Problem({"deploy", "greeter", "--ref"}) == "deploy: flag --ref needs a value (REF)");
   CHECK(Problem({"deploy", "greeter", "--ref", "a b"}) ==
         "--ref: 'a b' must be non-empty, without spaces or control characters");
@@ -159,7 +161,8 @@ TEST_CASE("cli builds: help", "[cli]") {
   CHECK(As<muon::cli::HelpCmd>({"builds", "logs", "-h"})
             .text.rfind("usage: muon builds logs ID [--follow] [--lines N]", 0) == 0);
   const auto deploy = As<muon::cli::HelpCmd>({"deploy", "--help"}).text;
-  CHECK(deploy.rfind("usage: muon deploy SERVICE --ref REF [--repo OWNER/NAME]\n", 0) == 0);
+  CHECK(deploy.rfind("usage: muon deploy SERVICE [--ref REF] [--repo OWNER/NAME] [--release vN]\n",
+                     0) == 0);
   CHECK(As<muon::cli::HelpCmd>({"help", "deploy"}).text == deploy);
 }
 

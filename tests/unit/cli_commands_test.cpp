@@ -93,7 +93,7 @@ TEST_CASE("cli: env commands", "[cli]") {
         "env add: flag --region needs a value (R)");
   CHECK(Problem({"env", "use"}) == "env use: missing NAME");
   CHECK(Problem({"env", "frob"}) ==
-        "unknown command 'muon env frob' (expected one of: list, add, use, remove)");
+        "unknown command 'muon env frob' (expected one of: list, add, use, remove, set, unset)");
   CHECK(Problem({"env", "list", "--region", "eu"}) == "env list: unknown flag --region");
 }
 

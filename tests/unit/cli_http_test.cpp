@@ -1020,7 +1020,11 @@ TEST_CASE("cli http: deploy starts a build and says how to watch it", "[cli][htt
         "\n"
         "Watch with:\n"
         "  muon builds show b-00000000000e\n"
-        "  muon builds logs b-00000000000e -f\n");
+        "  muon builds logs b-00000000000e -f\n"
+        "\n"
+        "When the build succeeds the scheduler makes a release of it and rolls it out:\n"
+        "  muon wait greeter --build b-00000000000e\n"
+        "  muon events greeter -f\n");
   CHECK(cli.err.str().empty());
   REQUIRE(cli.Run({"deploy", "greeter", "--ref", "0123456789abcdef0123456789abcdef01234567"}) == 0);
   CHECK(cli.out.str() ==
@@ -1028,7 +1032,11 @@ TEST_CASE("cli http: deploy starts a build and says how to watch it", "[cli][htt
         "b-00000000000a   greeter   0123456789ab   succeeded: reusing artifact ab12cd34ef56\n"
         "\n"
         "Details:\n"
-        "  muon builds show b-00000000000a\n");
+        "  muon builds show b-00000000000a\n"
+        "\n"
+        "When the build succeeds the scheduler makes a release of it and rolls it out:\n"
+        "  muon wait greeter --build b-00000000000a\n"
+        "  muon events greeter -f\n");
   REQUIRE(cli.Run({"-o", "json", "deploy", "greeter", "--ref", "main"}) == 0);
   CHECK(cli.out.str().rfind("{\"builds\":[{\"commit\":\"1a2b3c4d", 0) == 0);
   CHECK(cli.Run({"deploy", "greeter", "--ref", "main"}) == muon::cli::kExitNotFound);
@@ -1051,10 +1059,12 @@ TEST_CASE("cli http: bad deploy arguments are usage errors before anything is se
   TestServer server({});
   Cli cli(server.url());
   cli.LogIn("access-1", "refresh-1", kNow + 600);
-  CHECK(cli.Run({"deploy", "greeter"}) == muon::cli::kExitUsage);
+  CHECK(cli.Run({"deploy", "greeter", "--ref", "main", "--release", "v2"}) ==
+        muon::cli::kExitUsage);
   CHECK(cli.err.str() ==
-        "error: --ref is required\n"
-        "usage: muon deploy SERVICE --ref REF [--repo OWNER/NAME]\n"
+        "error: --ref and --release cannot be combined: --ref builds a new release, --release "
+        "rolls out an existing one\n"
+        "usage: muon deploy SERVICE [--ref REF] [--repo OWNER/NAME] [--release vN]\n"
         "(run `muon deploy --help` for details)\n");
   CHECK(cli.Run({"deploy", "a.b", "--ref", "main"}) == muon::cli::kExitUsage);
   CHECK(cli.Run({"builds", "show", "b/1"}) == muon::cli::kExitUsage);

@@ -30,6 +30,9 @@ struct AppContext {
   std::chrono::milliseconds timeout_slack{std::chrono::seconds(2)};
   std::chrono::milliseconds default_timeout{std::chrono::seconds(60)};
   bool color = false;  // colour severities (stdout is a terminal and NO_COLOR is unset)
+  // Pauses between polls (`muon wait`, `muon events -f`); returns false to stop polling (tests).
+  // Empty: the thread sleeps, and polling ends only with the process (Ctrl-C) or the command.
+  std::function<bool(std::chrono::milliseconds)> sleep;
 };
 
 // Runs the command line `args` (without argv[0]); returns the exit code (exit_codes.h). Never

@@ -12,6 +12,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -146,10 +147,77 @@ struct BuildsListCmd {
 struct BuildsShowCmd {
   std::string id;
 };
+// With --ref: builder.StartBuild (the scheduler rolls out the release the build makes). Without:
+// scheduler.Deploy of release `release` (0 = the newest; resumes a paused auto-deploy).
 struct DeployCmd {
   std::string service;  // muon::IsValidServiceName, the builder's own rule
-  std::string ref;      // a commit sha or a branch name (non-empty, one word)
-  std::string repo;     // OWNER/NAME; empty = the repo of the service's last build
+  std::string ref;      // a commit sha or a branch name (one word); empty = no build
+  std::string repo;     // OWNER/NAME (only with ref); empty = the repo of the service's last build
+  int32_t release = 0;  // --release vN; 0 = the newest main-line release
+};
+
+// scheduler: desired state and what runs.
+struct StatusCmd {
+  std::string service;  // empty = every service, and the nodes
+};
+struct DescribeCmd {
+  std::string service;
+};
+struct ReleasesCmd {
+  std::string service;
+  int limit = 0;  // -n; 0 = the server's default (20)
+};
+struct HistoryCmd {
+  std::string service;
+  int limit = 50;  // -n: the newest N events shown
+};
+struct EventsCmd {
+  std::string service;  // empty = every service
+  bool follow = false;  // -f: poll for new events every 500 ms until Ctrl-C
+  std::string since;    // a duration back from now or an RFC 3339 time (validated); empty = all
+  int limit = 0;        // -n; 0 = the server's default (100)
+};
+struct WaitCmd {
+  std::string service;
+  int32_t release = 0;  // --release vN: wait for that release (or a newer one); 0 = any
+  std::string build;    // --build ID: wait for the build, then for the release made of it
+  std::chrono::milliseconds timeout{std::chrono::minutes(5)};
+};
+struct DriftCmd {
+  std::string service;  // empty = every service
+};
+struct LocksCmd {};
+struct UnlockCmd {
+  std::string service;  // --force is required to parse at all
+};
+struct RollbackCmd {
+  std::string service;
+  int32_t to_version = 0;  // --to vN; 0 = the release live before the current one
+};
+struct ScaleCmd {
+  std::string service;
+  int32_t replicas = 0;  // 0..100
+};
+// `muon env set|unset` (a service's config; not to be confused with the CLI's own envs) and
+// `muon secrets set`: one SetEnv request.
+struct EnvSetCmd {
+  std::string service;
+  std::vector<std::pair<std::string, std::string>> set;  // KEY=VALUE, in the given order
+  std::vector<std::string> unset;
+  bool deploy = true;  // --no-deploy: store the config, make no release
+};
+struct SecretsSetCmd {
+  std::string service;
+  std::string key;
+  std::string file;         // --from-file F; empty with from_stdin
+  bool from_stdin = false;  // --from-stdin
+  bool deploy = true;
+};
+struct ExecCmd {
+  std::string service;
+  std::string instance;  // empty = any running instance
+  std::vector<std::string> command;
+  std::chrono::milliseconds timeout{0};  // 0 = the server's default (30 s)
 };
 
 using Command =
@@ -158,7 +226,9 @@ using Command =
                  LogsCmd, AccountsListCmd, AccountsSetDisabledCmd, InvitesListCmd, InvitesCreateCmd,
                  RulesListCmd, RulesAddCmd, RulesDeleteCmd, ReposListCmd, ReposAddCmd,
                  ReposRemoveCmd, ReposRotateSecretCmd, ReposSyncCmd, DeliveriesCmd, BuildsListCmd,
-                 BuildsShowCmd, DeployCmd>;
+                 BuildsShowCmd, DeployCmd, StatusCmd, DescribeCmd, ReleasesCmd, HistoryCmd,
+                 EventsCmd, WaitCmd, DriftCmd, LocksCmd, UnlockCmd, RollbackCmd, ScaleCmd,
+                 EnvSetCmd, SecretsSetCmd, ExecCmd>;
 
 struct Invocation {
   GlobalOptions global;

@@ -8,13 +8,15 @@ namespace muon::cli {
 
 enum ExitCode : int {
   kExitOk = 0,
-  kExitError = 1,         // anything else: 5xx, TLS failure, local I/O problems
-  kExitUsage = 2,         // bad command line, invalid JSON body, nothing to talk to
-  kExitUnauthorized = 3,  // 401: not logged in, token expired and refresh failed
-  kExitForbidden = 4,     // 403: a rule denies
-  kExitNotFound = 5,      // 404: unknown service, method, account, rule
-  kExitBadRequest = 6,    // 400, 409, 413, 422 and other 4xx
-  kExitUnavailable = 7,   // 408, 429, 502, 503, 504, connection refused, client-side timeout
+  kExitError = 1,          // anything else: 5xx, TLS failure, local I/O problems
+  kExitUsage = 2,          // bad command line, invalid JSON body, nothing to talk to
+  kExitUnauthorized = 3,   // 401: not logged in, token expired and refresh failed
+  kExitForbidden = 4,      // 403: a rule denies
+  kExitNotFound = 5,       // 404: unknown service, method, account, rule
+  kExitBadRequest = 6,     // 400, 409, 413, 422 and other 4xx
+  kExitUnavailable = 7,    // 408, 429, 502, 503, 504, connection refused, client-side timeout
+  kExitRolloutFailed = 8,  // muon wait: the rollout (or the build) it waited for failed
+  kExitWaitTimeout = 9,    // muon wait: not converged within --timeout
 };
 
 // Maps an HTTP status (the platform error's `code`) to the exit code of its class.
@@ -50,6 +52,9 @@ inline constexpr std::string_view kExitCodeHelp =
   4  forbidden (403; a rule denies)
   5  not found (404)
   6  bad request (400, 409, 413, 422 and other 4xx)
-  7  unavailable or timeout (408, 429, 502, 503, 504, connection failure))";
+  7  unavailable or timeout (408, 429, 502, 503, 504, connection failure)
+  8  muon wait: the rollout (or build) failed
+  9  muon wait: not converged within --timeout
+muon exec exits with the command's own exit code (128 + N when killed by signal N).)";
 
 }  // namespace muon::cli
