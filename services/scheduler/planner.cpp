@@ -134,7 +134,14 @@ Plan PlanLine(const LineView& line, std::vector<NodeView>& nodes, TimePoint now,
       plan.stops.push_back({.id = extra->id, .reason = fmt::format("scaled to {}", line.replicas)});
       Remove(fresh, extra);
     }
-    if (static_cast<int>(fresh.size()) < line.replicas && !on_its_way) start(target);
+    if (old.empty()) {
+      // Nothing to protect (a first rollout, or everything old is gone): start them all.
+      for (int n = static_cast<int>(fresh.size()); n < line.replicas; ++n) {
+        if (!start(target)) break;
+      }
+    } else if (static_cast<int>(fresh.size()) < line.replicas && !on_its_way) {
+      start(target);
+    }
 
     int old_running = static_cast<int>(old.size());
     while (old_running > 0 && available + old_running > line.replicas) {

@@ -9,7 +9,7 @@
 //
 // Rolling update towards release T with N replicas (surge one, health-gated):
 //   - start one instance of T whenever no instance of T is still on its way to available and
-//     fewer than N of T run;
+//     fewer than N of T run (all N at once when no old instance runs: nothing to protect);
 //   - an instance is available once it has been healthy for `min_ready` (so a release that
 //     crashes right after its first health check fails the rollout instead of replacing the old
 //     one);

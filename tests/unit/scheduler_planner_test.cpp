@@ -202,3 +202,10 @@ TEST_CASE("preview slugs are made from branch refs", "[planner]") {
   CHECK(PreviewSlug("refs/heads/--") == "");
   CHECK(PreviewSlug("refs/heads/" + std::string(100, 'a')).size() == 40);
 }
+
+TEST_CASE("a first rollout starts every instance at once", "[planner]") {
+  auto nodes = Nodes(2);
+  LineView line{.service = "echo", .replicas = 3, .live_version = 0, .target_version = 1};
+  const Plan plan = PlanLine(line, nodes, kNow, kSettings);
+  CHECK(plan.starts.size() == 3);
+}
