@@ -203,6 +203,9 @@ struct Cli {
   muon::cli::Prompter* prompter = nullptr;
   std::chrono::milliseconds slack = 2s;
   muon::cli::Environment extra_env;
+  // Polls (muon wait, muon events -f) pause through this: no real sleeping; false stops.
+  int pauses = 0;
+  int max_pauses = 100;
 
   explicit Cli(std::string url) : ingress_url(std::move(url)) {}
 
@@ -241,6 +244,7 @@ struct Cli {
         .prompter = prompter,
         .now = [] { return kNow; },
         .timeout_slack = slack,
+        .sleep = [this](std::chrono::milliseconds) { return ++pauses <= max_pauses; },
     };
     return muon::cli::RunCli(args, ctx);
   }
@@ -1122,4 +1126,144 @@ TEST_CASE("cli http: builds logs is muon logs --build, with and without -f", "[c
   CHECK(seen[2].method == "GET");
   CHECK(seen[2].target == "/v1/logs/tail?n=100&instance=b-00000000000b&source=build");
   CHECK(seen[3].target == seen[2].target);
+}
+
+// ---- scheduler: receipts, muon wait, muon exec, muon events -f -----------------------------
+
+TEST_CASE("cli http: scheduler mutations send their request and print the receipt",
+          "[cli][http][scheduler]") {
+  const std::string receipt =
+      R"({"service":"greeter","summary":"deploy greeter v3","changes":["release: v5 -> v3"],)"
+      R"("release":{"version":6,"artifactDigest":"ab12cd34ef56ab12","commit":"1a2b3c4d5e6f",)"
+      R"("reason":"redeploy","fromVersion":3,"status":"pending"},"rolloutId":"9"})";
+  TestServer server({Json(200, receipt), Json(200, R"({"service":"greeter","summary":"ok"})"),
+                     Json(200, R"({"service":"greeter","summary":"secret set"})"),
+                     Json(200, R"({"service":"greeter"})")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+
+  REQUIRE(cli.Run({"deploy", "greeter", "--release", "v3"}) == 0);
+  CHECK(cli.out.str() ==
+        "deploy greeter v3\n"
+        "  release: v5 -> v3\n"
+        "release: v6  artifact ab12cd34ef56  commit 1a2b3c4  reason redeploy of v3  (pending)\n"
+        "rollout: #9\n"
+        "\n"
+        "Watch with:\n"
+        "  muon wait greeter\n"
+        "  muon events greeter -f\n");
+  REQUIRE(cli.Run({"env", "set", "greeter", "LOG_LEVEL=debug", "--no-deploy"}) == 0);
+  REQUIRE(cli.Run({"secrets", "set", "greeter", "API_KEY", "--from-stdin"}, "hunter2\n") == 0);
+  CHECK(cli.out.str().find("hunter2") == std::string::npos);
+  CHECK(cli.err.str().find("hunter2") == std::string::npos);
+  REQUIRE(cli.Run({"-o", "json", "scale", "greeter", "0"}) == 0);
+  CHECK(cli.out.str() == "{\"service\":\"greeter\"}\n");
+
+  const auto seen = server.seen();
+  REQUIRE(seen.size() == 4);
+  CHECK(seen[0].target == "/v1/scheduler/Deploy");
+  CHECK(seen[0].body == R"({"service":"greeter","version":3})");
+  CHECK(seen[1].target == "/v1/scheduler/SetEnv");
+  CHECK(seen[1].body == R"({"service":"greeter","set":{"LOG_LEVEL":"debug"}})");
+  CHECK(seen[2].body == R"({"service":"greeter","secrets":{"API_KEY":"hunter2"},"deploy":true})");
+  CHECK(seen[3].target == "/v1/scheduler/Scale");
+  CHECK(seen[3].body == R"({"service":"greeter"})");  // replicas 0 is proto3's default
+}
+
+TEST_CASE("cli http: muon wait prints progress and ends converged, failed or timed out",
+          "[cli][http][scheduler]") {
+  auto status = [](const std::string& service) {
+    return Json(200, R"({"services":[)" + service + "]}");
+  };
+  const std::string rolling =
+      R"({"name":"greeter","state":"rolling_out","liveVersion":4,"desiredReplicas":2,)"
+      R"("healthy":1,"rollout":{"id":"9","version":5,"fromVersion":4,"state":"running"}})";
+  const std::string converged =
+      R"({"name":"greeter","state":"converged","liveVersion":5,"desiredReplicas":2,"healthy":2})";
+  const std::string failed =
+      R"({"name":"greeter","state":"failed","liveVersion":4,"desiredReplicas":2,"healthy":2,)"
+      R"("paused":true,"rollout":{"id":"9","version":5,"fromVersion":4,"state":"failed",)"
+      R"("category":"crash_loop","detail":"exited 3 times"}})";
+  const std::string releases =
+      R"({"releases":[{"version":5,"status":"failed","category":"crash_loop",)"
+      R"("lastLines":["panic: no DB_URL"]}]})";
+  TestServer server({status(rolling), status(rolling), status(converged),   // 1: converged
+                     status(rolling), status(failed), Json(200, releases),  // 2: failed
+                     status(rolling), status(rolling), status(rolling)});   // 3: timeout
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+
+  REQUIRE(cli.Run({"wait", "greeter", "--release", "5"}) == 0);
+  CHECK(cli.out.str() ==
+        "rolling_out  v4  1/2 healthy  rolling out v4 -> v5\n"
+        "converged  v5  2/2 healthy\n"
+        "greeter converged: v5 live, 2/2 healthy.\n");
+
+  CHECK(cli.Run({"wait", "greeter"}) == muon::cli::kExitRolloutFailed);
+  CHECK(cli.out.str() ==
+        "rolling_out  v4  1/2 healthy  rolling out v4 -> v5\n"
+        "failed  v4  2/2 healthy\n"
+        "rollout #9 of v5 failed: crash_loop: exited 3 times\n"
+        "v4 keeps serving (2/2 healthy)\n"
+        "release v5 (crash_loop), last lines:\n"
+        "  panic: no DB_URL\n");
+  CHECK(cli.err.str() ==
+        "error: the rollout of greeter failed; auto-deploy is paused (more: muon describe "
+        "greeter, muon logs greeter --release v5)\n");
+
+  // Three polls 500 ms apart: the third one is at 1 s, the timeout.
+  CHECK(cli.Run({"wait", "greeter", "--timeout", "1s"}) == muon::cli::kExitWaitTimeout);
+  CHECK(cli.err.str() ==
+        "error: greeter has not converged within 1s (rolling_out  v4  1/2 healthy  rolling out "
+        "v4 -> v5); follow it with `muon events greeter -f`\n");
+
+  const auto seen = server.seen();
+  REQUIRE(seen.size() == 9);
+  CHECK(seen[0].target == "/v1/scheduler/Status");
+  CHECK(seen[0].body == R"({"service":"greeter"})");
+  CHECK(seen[5].target == "/v1/scheduler/ListReleases");
+}
+
+TEST_CASE("cli http: muon exec prints the output and exits with the command's code",
+          "[cli][http][scheduler]") {
+  TestServer server({Json(200, R"({"instance":"i-3","node":"n-1","exitCode":3,"output":"a\nb"})"),
+                     Json(200, R"({"instance":"i-3","node":"n-1","signal":9,"output":""})")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+  CHECK(cli.Run({"exec", "greeter", "--timeout", "20s", "--", "sh", "-c", "exit 3"}) == 3);
+  CHECK(cli.out.str() == "a\nb");
+  CHECK(cli.Run({"exec", "greeter", "--instance", "i-3", "sleep", "100"}) == 137);
+  CHECK(cli.err.str() == "i-3 on n-1 was killed by signal 9\n");
+  const auto seen = server.seen();
+  REQUIRE(seen.size() == 2);
+  CHECK(seen[0].target == "/v1/scheduler/Exec");
+  CHECK(seen[0].body ==
+        R"({"service":"greeter","command":["sh","-c","exit 3"],"timeoutMs":20000})");
+  CHECK(seen[0].headers.at("muon-timeout") == "25000ms");
+  CHECK(seen[1].body == R"({"service":"greeter","instance":"i-3","command":["sleep","100"]})");
+  CHECK(seen[1].headers.at("muon-timeout") == "35000ms");
+}
+
+TEST_CASE("cli http: muon events -f asks for what came after the newest event seen",
+          "[cli][http][scheduler]") {
+  TestServer server(
+      {Json(200, R"({"events":[{"id":"7","service":"greeter","type":"scale","message":"1 -> 2",)"
+                 R"("time":"2023-11-14T22:13:00Z"}],"lastId":"7"})"),
+       Json(200, R"({"lastId":"7"})"),
+       Json(200, R"({"events":[{"id":"8","service":"greeter","type":"rollout.started",)"
+                 R"("version":5,"message":"v4 -> v5","time":"2023-11-14T22:13:01Z"}],)"
+                 R"("lastId":"8"})")});
+  Cli cli(server.url());
+  cli.LogIn("access-1", "refresh-1", kNow + 600);
+  cli.max_pauses = 2;
+  REQUIRE(cli.Run({"events", "greeter", "-f", "--since", "10m"}) == 0);
+  CHECK(cli.out.str() ==
+        "2023-11-14T22:13:00.000Z  greeter       scale               -     -           1 -> 2\n"
+        "2023-11-14T22:13:01.000Z  greeter       rollout.started     v5    -           v4 -> "
+        "v5\n");
+  const auto seen = server.seen();
+  REQUIRE(seen.size() == 3);
+  CHECK(seen[0].body == R"({"service":"greeter","since":"2023-11-14T22:03:20Z"})");
+  CHECK(seen[1].body == R"({"service":"greeter","afterId":"7","limit":1000})");
+  CHECK(seen[2].body == seen[1].body);
 }
