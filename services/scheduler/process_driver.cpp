@@ -1,8 +1,8 @@
 #include "process_driver.h"
 
 #include <signal.h>
-#include <unistd.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <deque>
 #include <fstream>
@@ -197,9 +197,9 @@ ProcessOptions ProcessDriver::Command(const InstanceSpec& spec,
   const std::string& tools = NodeToolsDir();
   if (!tools.empty()) {
     auto path = p.env.find("PATH");
-    p.env["PATH"] = tools + ":" +
-                    (path == p.env.end() || path->second.empty() ? std::string(kDefaultPath)
-                                                                 : path->second);
+    p.env["PATH"] =
+        tools + ":" +
+        (path == p.env.end() || path->second.empty() ? std::string(kDefaultPath) : path->second);
   }
   const std::string dir = fs::absolute(spec.dir).string();
   if (!sandboxed_) {

@@ -1,6 +1,7 @@
 // muon-bus: talks to services directly over NATS, for operators and scripts (scripts/up waits on
 // `muon-bus ping`). Discovery uses the NATS service API, so it sees every Muon service and every
-// user service built with the SDK.
+// user service built with the SDK. `muon-bus serve` is that SDK for any language: a user service
+// whose endpoints are shell commands (serve.h).
 
 #include <cstdlib>
 #include <iostream>
@@ -10,6 +11,7 @@
 #include "muon/common/bus.h"
 #include "muon/common/config.h"
 #include "muon/common/log.h"
+#include "serve.h"
 
 namespace {
 
@@ -22,9 +24,17 @@ commands:
   stats [service] [--timeout D]              $SRV.STATS replies, one JSON document per line
   request <subject> <body> [--header K=V]... [--timeout D]
                                              one request; prints the reply body
+  serve <name> --endpoint METHOD=COMMAND [--endpoint ...] [--description TEXT]
+        [--concurrency N] [--timeout D]      serve user service <name> until SIGTERM: each
+                                             request runs COMMAND with /bin/sh -c, body on
+                                             stdin, stdout the reply; exit 2 -> 400, other
+                                             non-zero -> 500 (last stderr line as detail),
+                                             over --timeout (default 30s) -> 504
+                                             (`muon-bus serve --help` for every option)
 
 --server defaults to $NATS_URL, else nats://127.0.0.1:4222; --timeout defaults to 2s.
-exit codes: 0 ok, 2 usage error, 3 not enough answers / timeout / no responders, 4 error reply)";
+exit codes: 0 ok, 2 usage error, 3 not enough answers / timeout / no responders, 4 error reply;
+serve: 0 after a drain, 1 start-up failure, 2 bad arguments)";
 
 int Usage(const std::string& problem) {
   std::cerr << "muon-bus: " << problem << "\n\n" << kUsage << std::endl;
@@ -36,6 +46,24 @@ int Usage(const std::string& problem) {
 int main(int argc, char** argv) {
   muon::log::SetLevel(muon::log::Level::kError);
   std::vector<std::string> args(argv + 1, argv + argc);
+  // `serve` has options of its own (its --timeout is per command): hand it everything after it.
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--server" && i + 1 < args.size()) {
+      ++i;
+    } else if (args[i].rfind("--server=", 0) == 0) {
+      continue;
+    } else if (args[i] == "serve") {
+      std::optional<std::string> server;
+      for (size_t j = 0; j < i; ++j) {
+        if (args[j] == "--server") server = args[++j];
+        if (args[j].rfind("--server=", 0) == 0) server = args[j].substr(9);
+      }
+      return muon::bus_tool::Serve({args.begin() + static_cast<std::ptrdiff_t>(i) + 1, args.end()},
+                                   server);
+    } else {
+      break;
+    }
+  }
   std::string server = std::getenv("NATS_URL") ? std::getenv("NATS_URL") : "nats://127.0.0.1:4222";
   std::chrono::milliseconds timeout(2000);
   size_t count = 1;
