@@ -34,8 +34,9 @@ MUON_BUILD_PACKAGES=(
   catch2 libsodium-dev libssl-dev libyaml-cpp-dev libarchive-dev
 )
 # To run the local stack (scripts/up) and the integration tests, which start real servers.
-# git: the builder clones repositories; bubblewrap: sandbox for build steps and instances.
-MUON_RUN_PACKAGES=(nats-server postgresql bubblewrap git curl)
+# git: the builder clones repositories; bubblewrap: sandbox for build steps and instances;
+# openssl: scripts/deploy-examples signs its push webhook.
+MUON_RUN_PACKAGES=(nats-server postgresql bubblewrap git curl openssl)
 # Only for tests: docker-compose validates compose.yaml (no Docker engine is needed for that);
 # openssl makes the certificate of the HTTPS test; clang brings libFuzzer for the fuzz tier.
 MUON_TEST_PACKAGES=(docker-compose openssl clang libclang-rt-14-dev)

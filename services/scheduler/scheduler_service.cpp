@@ -496,6 +496,15 @@ v1::ServiceStatus SchedulerApp::StatusOf(const ServiceRow& svc) {
     s.set_state("degraded");
     s.set_detail(fmt::format("v{}: {}/{} healthy", svc.live_version, healthy, svc.replicas));
   }
+  // A release queued behind nothing yet (the controller takes it at its next tick) already
+  // counts as rolling out, so `muon wait` right after a push does not see the old state.
+  if (s.state() != "rolling_out") {
+    if (auto newest = store_->NewestRelease(svc.name, "", {});
+        newest && newest->status() == "pending" && newest->version() > svc.live_version) {
+      s.set_state("rolling_out");
+      s.set_detail(fmt::format("v{} is queued to roll out", newest->version()));
+    }
+  }
   // A release that could not even start its rollout (config missing, dependency failed) is the
   // newest word on the service.
   if (s.state() == "converged" || s.state() == "degraded") {
@@ -797,6 +806,7 @@ v1::Receipt SchedulerApp::Rollback(const v1::RollbackRequest& request, const std
 
 v1::Receipt SchedulerApp::Scale(const v1::ScaleRequest& request, const std::string& who) {
   const ServiceRow svc = RequireService(request.service());
+  if (!request.has_replicas()) throw Error::BadRequest("replicas is required (0..100)");
   if (request.replicas() < 0 || request.replicas() > builder::kMaxReplicas) {
     throw Error::BadRequest(
         fmt::format("replicas must be between 0 and {}", builder::kMaxReplicas));
