@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 
 #include "manifest.h"
@@ -111,8 +113,10 @@ void Controller::Loop() {
         log::Info("this controller leads", {{"region", options_.region}, {"id", options_.id}});
         try {
           events_.Record({.type = "controller.leading",
-                          .message = fmt::format("controller {} leads region {}", options_.id,
-                                                 options_.region)});
+                          .message = fmt::format("controller {} (pid {}) leads region {}",
+                                                 options_.id, getpid(), options_.region),
+                          .attributes = {{"controller", options_.id},
+                                         {"pid", std::to_string(getpid())}}});
         } catch (const std::exception& e) {
           log::Warn("event not recorded", {{"error", e.what()}});
         }
