@@ -1749,6 +1749,15 @@ class App {
       for (const auto& r : list.releases()) {
         if (r.version() == s.rollout().version()) release = r;
       }
+      // Unless a newer release failed before any rollout of it started (config_missing,
+      // manifest_invalid, dependency_failed): then that one is what failed.
+      for (const auto& r : list.releases()) {  // newest first
+        if (r.status() == "failed" && r.preview().empty() && r.version() > s.rollout().version() &&
+            r.version() > s.live_version()) {
+          release = r;
+          break;
+        }
+      }
     } catch (const CliError&) {
       // The status alone says enough.
     }
@@ -1761,7 +1770,8 @@ class App {
                    fmt::format("the rollout of {} failed{} (more: muon describe {}{}, muon logs "
                                "{} --release {})",
                                s.name(), s.paused() ? "; auto-deploy is paused" : "", s.name(),
-                               EnvFlag(ep), s.name(), VersionLabel(s.rollout().version())));
+                               EnvFlag(ep), s.name(),
+                               VersionLabel(release ? release->version() : s.rollout().version())));
   }
 
   int Do(const DriftCmd& cmd) {

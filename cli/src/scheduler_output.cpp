@@ -439,7 +439,13 @@ std::string WaitProgressLine(const sched::ServiceStatus& s) {
 std::string RenderWaitFailure(const sched::ServiceStatus& s, const sched::Release* release) {
   const auto& r = s.rollout();
   std::string out;
-  if (r.version() > 0) {
+  // A release newer than the last rollout that failed before a rollout of it started
+  // (config_missing, manifest_invalid, dependency_failed): the last rollout is not what failed.
+  if (release != nullptr && release->status() == "failed" && release->version() > r.version()) {
+    out += fmt::format("release {} failed before its rollout started: {}\n",
+                       VersionLabel(release->version()),
+                       CategoryDetail(release->category(), release->detail()));
+  } else if (r.version() > 0) {
     out += fmt::format("rollout #{} of {} failed: {}\n", r.id(), VersionLabel(r.version()),
                        CategoryDetail(r.category(), r.detail()));
   } else {

@@ -594,4 +594,19 @@ TEST_CASE("cli scheduler: when muon wait is done", "[cli][scheduler]") {
         "release v5 (health_timeout), last lines:\n"
         "  starting\n"
         "  listening on :0\n");
+
+  // A release that failed before a rollout of it started: it is named, not the last rollout
+  // (which succeeded).
+  const auto refused = status(
+      R"({"name":"greeter","state":"failed","liveVersion":4,"desiredReplicas":1,"healthy":1,)"
+      R"("rollout":{"id":"11","version":4,"fromVersion":3,"state":"succeeded"}})");
+  sched::Release missing;
+  missing.set_version(5);
+  missing.set_status("failed");
+  missing.set_category("config_missing");
+  missing.set_detail("required config not set: API_KEY");
+  CHECK(muon::cli::RenderWaitFailure(refused, &missing) ==
+        "release v5 failed before its rollout started: config_missing: required config not set: "
+        "API_KEY\n"
+        "v4 keeps serving (1/1 healthy)\n");
 }
