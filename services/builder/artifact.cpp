@@ -215,7 +215,10 @@ void WriteTar(const fs::path& base, const PackEntries& entries, const fs::path& 
   Check(a.get(), archive_write_set_format_pax_restricted(a.get()), "archive format");
   Check(a.get(), archive_write_add_filter_gzip(a.get()), "gzip filter");
   // No timestamp in the gzip header.
-  Check(a.get(), archive_write_set_options(a.get(), "gzip:!timestamp"), "gzip options");
+  // Level 1: packing a 14 MB binary takes 0.3 s instead of 0.7 s at the default 6, for a file
+  // about 10% larger; the time is on every push's path to a live release.
+  Check(a.get(), archive_write_set_options(a.get(), "gzip:!timestamp,gzip:compression-level=1"),
+        "gzip options");
   // libarchive converts a non-ASCII name to UTF-8 from the process locale, so it would be written
   // one way under a C and another under a UTF-8 locale. hdrcharset=BINARY writes raw bytes
   // instead, but adds a pax header to every entry (which GNU tar warns about): only archives with

@@ -1,10 +1,10 @@
 #include "controller.h"
 
 #include <fmt/format.h>
-
 #include <unistd.h>
 
 #include <algorithm>
+#include <map>
 
 #include "manifest.h"
 #include "muon/common/log.h"
@@ -112,11 +112,11 @@ void Controller::Loop() {
         leader_ = true;
         log::Info("this controller leads", {{"region", options_.region}, {"id", options_.id}});
         try {
-          events_.Record({.type = "controller.leading",
-                          .message = fmt::format("controller {} (pid {}) leads region {}",
-                                                 options_.id, getpid(), options_.region),
-                          .attributes = {{"controller", options_.id},
-                                         {"pid", std::to_string(getpid())}}});
+          events_.Record(
+              {.type = "controller.leading",
+               .message = fmt::format("controller {} (pid {}) leads region {}", options_.id,
+                                      getpid(), options_.region),
+               .attributes = {{"controller", options_.id}, {"pid", std::to_string(getpid())}}});
         } catch (const std::exception& e) {
           log::Warn("event not recorded", {{"error", e.what()}});
         }
@@ -145,13 +145,39 @@ int Controller::ReconcileOnce() {
   std::vector<NodeView> nodes = store_.Nodes(options_.node_timeout);
   std::set<std::string> kicked;
   int placed = 0;
-  for (auto& [line, infos] : store_.Lines("")) placed += ReconcileLine(line, nodes, kicked);
+  // Lines in a rollout are handled one by one (each takes its lock and may end its rollout);
+  // the steady ones are planned together and applied in one transaction, with their events in
+  // one statement: a pass that places thousands of instances costs a few round trips.
+  auto lines = store_.Lines("");
+  const PlannerSettings settings{.min_ready = options_.min_ready};
+  const auto now = std::chrono::system_clock::now();
+  std::vector<Plan> plans;
+  plans.reserve(lines.size());  // LinePlan points into it
+  std::vector<Store::LinePlan> steady;
+  std::vector<const LineView*> steady_lines;
+  for (auto& [line, infos] : lines) {
+    if (line.target_version != 0) {
+      placed += ReconcileLine(line, nodes, kicked);
+      continue;
+    }
+    plans.push_back(PlanLine(line, nodes, now, settings));
+    if (plans.back().starts.empty() && plans.back().stops.empty()) continue;
+    steady.push_back({.service = line.service, .preview = line.preview, .plan = &plans.back()});
+    steady_lines.push_back(&line);
+  }
+  const auto ids = store_.ApplyPlans(steady);
+  std::vector<EventInput> trail;
+  for (size_t i = 0; i < steady.size(); ++i) {
+    DescribePlan(*steady_lines[i], *steady[i].plan, ids[i], false, trail, kicked);
+    placed += static_cast<int>(ids[i].size());
+  }
+  events_.RecordMany(trail);
   if (bus_) {
     for (const auto& node : kicked) bus_->Publish(fmt::format("muon.node.{}.kick", node), "");
   }
-  const auto now = std::chrono::steady_clock::now();
-  if (now - last_prune_ > std::chrono::minutes(1)) {
-    last_prune_ = now;
+  const auto mono = std::chrono::steady_clock::now();
+  if (mono - last_prune_ > std::chrono::minutes(1)) {
+    last_prune_ = mono;
     store_.PruneStopped(std::chrono::minutes(10));
   }
   return placed;
@@ -229,6 +255,16 @@ void Controller::StartPendingRollouts() {
         }
         const auto dep_release = store_.NewestRelease(dependency, "", {});
         if (!dep_release || release.commit().empty() || dep_release->commit() != release.commit()) {
+          // Not released for this commit (yet): is it still being built for it? (Services that
+          // change together are in one repo: the dependent's.)
+          const auto own = store_.GetService(service);
+          if (build_probe_ && own && !release.commit().empty() &&
+              build_probe_(own->repo, dependency, release.commit())) {
+            note_once("build-" + dependency,
+                      fmt::format("{} waits for its dependency {} to be built for {}", label,
+                                  dependency, ShortCommit(release.commit())));
+            wait = true;
+          }
           continue;
         }
         if (dep_release->status() == "pending") {
@@ -279,6 +315,42 @@ void Controller::StartPendingRollouts() {
   }
 }
 
+void Controller::DescribePlan(const LineView& line, const Plan& plan,
+                              const std::vector<std::string>& ids, bool rollout,
+                              std::vector<EventInput>& trail, std::set<std::string>& kicked) {
+  for (const auto& s : plan.starts) kicked.insert(s.node);
+  std::map<std::string, std::string> node_of;
+  for (const auto& i : line.instances) node_of[i.id] = i.node;
+  for (const auto& s : plan.stops) {
+    if (!s.lost) kicked.insert(node_of[s.id]);
+  }
+  // One event per pass and kind, not per instance: a scale to 50 is one line in the trail.
+  if (!ids.empty()) {
+    std::vector<std::string> where;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      where.push_back(fmt::format("{} on {}", ids[i], plan.starts[i].node));
+    }
+    trail.push_back(
+        {.service = line.service,
+         .type = rollout ? "rollout.step" : "instance.scheduled",
+         .message = fmt::format(
+             "starting {} of {}: {}",
+             ids.size() == 1 ? std::string("an instance") : fmt::format("{} instances", ids.size()),
+             Label(plan.starts.front().version, line.preview), Join(where)),
+         .version = plan.starts.front().version});
+  }
+  for (const auto& s : plan.stops) {
+    trail.push_back(
+        {.service = line.service,
+         .type = s.lost    ? "drift.repaired"
+                 : rollout ? "rollout.step"
+                           : "instance.stopping",
+         .message = s.lost ? fmt::format("instance {} is lost: {}; it is replaced", s.id, s.reason)
+                           : fmt::format("stopping {}: {}", s.id, s.reason),
+         .instance = s.id});
+  }
+}
+
 int Controller::ReconcileLine(const LineView& line, std::vector<NodeView>& nodes,
                               std::set<std::string>& kicked) {
   std::optional<RolloutRow> rollout;
@@ -318,37 +390,9 @@ int Controller::ReconcileLine(const LineView& line, std::vector<NodeView>& nodes
   }
 
   const std::vector<std::string> ids = store_.ApplyInstances(line.service, line.preview, plan);
-  for (const auto& s : plan.starts) kicked.insert(s.node);
-  std::map<std::string, std::string> node_of;
-  for (const auto& i : line.instances) node_of[i.id] = i.node;
-  for (const auto& s : plan.stops) {
-    if (!s.lost) kicked.insert(node_of[s.id]);
-  }
-  // One event per pass and kind, not per instance: a scale to 50 is one line in the trail.
-  if (!ids.empty()) {
-    std::vector<std::string> where;
-    for (size_t i = 0; i < ids.size(); ++i) {
-      where.push_back(fmt::format("{} on {}", ids[i], plan.starts[i].node));
-    }
-    events_.Record(
-        {.service = line.service,
-         .type = rollout ? "rollout.step" : "instance.scheduled",
-         .message = fmt::format(
-             "starting {} of {}: {}",
-             ids.size() == 1 ? std::string("an instance") : fmt::format("{} instances", ids.size()),
-             Label(plan.starts.front().version, line.preview), Join(where)),
-         .version = plan.starts.front().version});
-  }
-  for (const auto& s : plan.stops) {
-    events_.Record(
-        {.service = line.service,
-         .type = s.lost    ? "drift.repaired"
-                 : rollout ? "rollout.step"
-                           : "instance.stopping",
-         .message = s.lost ? fmt::format("instance {} is lost: {}; it is replaced", s.id, s.reason)
-                           : fmt::format("stopping {}: {}", s.id, s.reason),
-         .instance = s.id});
-  }
+  std::vector<EventInput> trail;
+  DescribePlan(line, plan, ids, rollout.has_value(), trail, kicked);
+  events_.RecordMany(trail);
   if (rollout && no_node && noted_.insert(fmt::format("nonode/{}", rollout->id)).second) {
     events_.Record({.service = line.service,
                     .type = "rollout.waiting",

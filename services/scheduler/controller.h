@@ -17,6 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -50,6 +51,13 @@ class Controller {
   Controller(const Controller&) = delete;
   Controller& operator=(const Controller&) = delete;
 
+  // Whether `service` of `repo` has a build of `commit` queued or running (asked of the
+  // builder): a dependency still building holds back its dependents' rollouts. Without a probe
+  // only releases already made are waited for.
+  using BuildProbe = std::function<bool(const std::string& repo, const std::string& service,
+                                        const std::string& commit)>;
+  void SetBuildProbe(BuildProbe probe) { build_probe_ = std::move(probe); }
+
   void Start();
   void Stop();
   void Kick();
@@ -66,6 +74,10 @@ class Controller {
   void StartPendingRollouts();
   int ReconcileLine(const LineView& line, std::vector<NodeView>& nodes,
                     std::set<std::string>& kicked);
+  // The events of a plan (one per kind, not per instance) and the nodes to kick.
+  static void DescribePlan(const LineView& line, const Plan& plan,
+                           const std::vector<std::string>& ids, bool rollout,
+                           std::vector<EventInput>& trail, std::set<std::string>& kicked);
   std::string LockHolder(int64_t rollout_id) const;
   static std::string LockKey(const std::string& service, const std::string& preview);
 
@@ -84,6 +96,7 @@ class Controller {
   // says it once.
   std::set<std::string> noted_;
   std::chrono::steady_clock::time_point last_prune_{};
+  BuildProbe build_probe_;
 };
 
 }  // namespace muon::scheduler

@@ -71,4 +71,56 @@ v1::Event PgEventLog::Record(const EventInput& input) {
   return event;
 }
 
+void PgEventLog::RecordMany(const std::vector<EventInput>& inputs) {
+  if (inputs.empty()) return;
+  if (inputs.size() == 1) {
+    Record(inputs.front());
+    return;
+  }
+  std::vector<std::string> services, types, messages, versions, instances;
+  for (const auto& in : inputs) {
+    services.push_back(in.service);
+    types.push_back(in.type);
+    messages.push_back(in.message);
+    versions.push_back(std::to_string(in.version));
+    instances.push_back(in.instance);
+  }
+  std::vector<int64_t> ids;
+  pool_.Run([&](pqxx::connection& c) {
+    pqxx::work tx(c);
+    // Attributes are left out here: the batched events (placements, stops) carry none.
+    const auto rows = tx.exec_params(
+        "INSERT INTO scheduler.events (service, type, message, version, instance) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]::int[], $5::text[]) "
+        "RETURNING id",
+        db::TextArrayLiteral(services), db::TextArrayLiteral(types), db::TextArrayLiteral(messages),
+        db::TextArrayLiteral(versions), db::TextArrayLiteral(instances));
+    tx.commit();
+    ids.clear();
+    for (const auto& row : rows) ids.push_back(row[0].as<int64_t>());
+  });
+  if (!bus_) return;
+  const auto now = google::protobuf::util::TimeUtil::GetCurrentTime();
+  for (size_t i = 0; i < inputs.size() && i < ids.size(); ++i) {
+    v1::Event event;
+    event.set_id(ids[i]);
+    event.set_service(inputs[i].service);
+    event.set_type(inputs[i].type);
+    event.set_message(inputs[i].message);
+    event.set_version(inputs[i].version);
+    event.set_instance(inputs[i].instance);
+    *event.mutable_time() = now;
+    const std::string& type = inputs[i].type;
+    const std::string subject =
+        fmt::format("muon.evt.{}.{}", type.substr(0, type.find('.')),
+                    events::SubjectToken(inputs[i].service.empty() ? "_" : inputs[i].service));
+    // A plain publish: the stream stores it all the same; the table is the record.
+    if (auto ec = bus_->Publish(
+            subject, event.SerializeAsString(),
+            {{bus::kHeaderMsgId, fmt::format("scheduler-{}-{}", region_, event.id())}})) {
+      log::Warn("event stored but not published", {{"type", type}, {"error", ec.message()}});
+    }
+  }
+}
+
 }  // namespace muon::scheduler

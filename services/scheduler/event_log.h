@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "muon/common/bus.h"
 #include "muon/common/db.h"
@@ -28,6 +29,11 @@ class EventLog {
   // Stores the event (throws on a database failure), then publishes it (best effort: the
   // table is the record; a publish that fails is logged).
   virtual v1::Event Record(const EventInput& input) = 0;
+  // Many at once (one reconcile pass): stored in one statement, published without waiting for
+  // each acknowledgement.
+  virtual void RecordMany(const std::vector<EventInput>& inputs) {
+    for (const auto& input : inputs) Record(input);
+  }
 };
 
 class PgEventLog : public EventLog {
@@ -36,6 +42,7 @@ class PgEventLog : public EventLog {
   PgEventLog(db::Pool& pool, bus::Connection* bus, std::string region);
   ~PgEventLog() override;
   v1::Event Record(const EventInput& input) override;
+  void RecordMany(const std::vector<EventInput>& inputs) override;
 
  private:
   db::Pool& pool_;

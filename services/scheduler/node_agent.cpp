@@ -32,7 +32,7 @@ constexpr size_t kExecOutputCap = 1024 * 1024;
 constexpr auto kFastProbeFor = 5s;          // right after a start, PING is polled often...
 constexpr auto kFastProbeInterval = 150ms;  // ...this often
 constexpr auto kMaxStartingInterval = 1s;   // health.interval is capped at this while starting
-constexpr auto kRunningTick = 100ms;        // how often a running instance is looked at
+constexpr auto kRunningTick = 250ms;        // how often a running instance is looked at
 
 std::string Hostname() {
   char name[256] = {};

@@ -52,6 +52,19 @@ void PgNodeStore::Heartbeat(const std::string& node, const std::string& region,
   });
 }
 
+const builder::ManifestResult& PgNodeStore::ParsedManifest(const std::string& service, int version,
+                                                           const pqxx::field& text) {
+  // Releases are immutable: a manifest is parsed once, not at every poll of every row.
+  std::lock_guard lock(manifests_mu_);
+  auto key = std::make_pair(service, version);
+  auto it = manifests_.find(key);
+  if (it == manifests_.end()) {
+    if (manifests_.size() > 10000) manifests_.clear();
+    it = manifests_.emplace(std::move(key), builder::ParseManifest(text.as<std::string>())).first;
+  }
+  return it->second;
+}
+
 std::vector<Assignment> PgNodeStore::Assigned(const std::string& node) {
   auto rows = pool_.Run([&](pqxx::connection& c) {
     pqxx::read_transaction tx(c);
@@ -89,7 +102,7 @@ std::vector<Assignment> PgNodeStore::Assigned(const std::string& node) {
       continue;
     }
     a.artifact_digest = row[9].as<std::string>();
-    auto parsed = builder::ParseManifest(row[10].as<std::string>());
+    const builder::ManifestResult& parsed = ParsedManifest(a.service, a.version, row[10]);
     if (!parsed.manifest) {
       a.problem = "the release's manifest is invalid: " +
                   builder::FormatManifestErrors(parsed.errors, "muon.yaml");
@@ -97,7 +110,7 @@ std::vector<Assignment> PgNodeStore::Assigned(const std::string& node) {
       out.push_back(std::move(a));
       continue;
     }
-    a.manifest = std::move(*parsed.manifest);
+    a.manifest = *parsed.manifest;
     a.env = a.manifest.run_env;
     const auto keys = db::ParseTextArray(row[11]);
     const auto values = db::ParseTextArray(row[12]);

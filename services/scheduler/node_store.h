@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -68,8 +69,13 @@ class PgNodeStore : public NodeStore {
   void Report(const InstanceReport& report) override;
 
  private:
+  const builder::ManifestResult& ParsedManifest(const std::string& service, int version,
+                                                const pqxx::field& text);
+
   db::Pool& pool_;
   const SecretBox& box_;
+  std::mutex manifests_mu_;
+  std::map<std::pair<std::string, int>, builder::ManifestResult> manifests_;
 };
 
 }  // namespace muon::scheduler

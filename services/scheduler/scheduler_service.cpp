@@ -250,6 +250,30 @@ void SchedulerApp::Register(Service& service, bool authorize) {
 }
 
 void SchedulerApp::Start() {
+  if (controller_ && service_token_) {
+    controller_->SetBuildProbe(
+        [this](const std::string& repo, const std::string& service, const std::string& commit) {
+          builder::v1::ListBuildsRequest request;
+          request.set_repo(repo);
+          request.set_service(service);
+          request.set_limit(20);
+          bus::Msg reply;
+          const auto ec = bus_.Request("muon.rpc.builder.ListBuilds", request.SerializeAsString(),
+                                       {{bus::kHeaderAuthorization, service_token_->Bearer()}},
+                                       std::chrono::seconds(2), reply);
+          builder::v1::ListBuildsResponse builds;
+          if (ec || reply.Header(bus::kHeaderServiceErrorCode) ||
+              !builds.ParseFromArray(reply.data().data(), static_cast<int>(reply.data().size()))) {
+            return false;  // the builder is away: do not hold rollouts back on it
+          }
+          for (const auto& b : builds.builds()) {
+            if (b.commit() == commit && (b.status() == "queued" || b.status() == "running")) {
+              return true;
+            }
+          }
+          return false;
+        });
+  }
   if (controller_) {
     kick_ = bus_.Subscribe(kControllerKick, [this](bus::Msg&) { controller_->Kick(); });
     controller_->Start();

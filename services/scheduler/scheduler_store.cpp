@@ -794,6 +794,51 @@ std::vector<std::string> Store::ApplyInstances(const std::string& service,
   });
 }
 
+std::vector<std::vector<std::string>> Store::ApplyPlans(const std::vector<LinePlan>& plans) {
+  std::vector<std::vector<std::string>> ids(plans.size());
+  std::vector<std::string> new_ids, services, versions, previews, nodes, stops, lost;
+  for (size_t i = 0; i < plans.size(); ++i) {
+    for (const StartInstance& start : plans[i].plan->starts) {
+      ids[i].push_back(fmt::format("{}-{}", plans[i].service, RandomHex(4)));
+      new_ids.push_back(ids[i].back());
+      services.push_back(plans[i].service);
+      versions.push_back(std::to_string(start.version));
+      previews.push_back(plans[i].preview);
+      nodes.push_back(start.node);
+    }
+    for (const StopInstance& stop : plans[i].plan->stops) {
+      (stop.lost ? lost : stops).push_back(stop.id);
+    }
+  }
+  if (new_ids.empty() && stops.empty() && lost.empty()) return ids;
+  pool_.Run([&](pqxx::connection& c) {
+    pqxx::work tx(c);
+    if (!new_ids.empty()) {
+      // One statement for every placement of the pass.
+      tx.exec_params(
+          "INSERT INTO scheduler.instances (id, service, version, preview, node) "
+          "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]::int[], $4::text[], $5::text[])",
+          db::TextArrayLiteral(new_ids), db::TextArrayLiteral(services),
+          db::TextArrayLiteral(versions), db::TextArrayLiteral(previews),
+          db::TextArrayLiteral(nodes));
+    }
+    if (!stops.empty()) {
+      tx.exec_params(
+          "UPDATE scheduler.instances SET desired = 'stopped', updated_at = now() "
+          "WHERE id = ANY($1::text[])",
+          db::TextArrayLiteral(stops));
+    }
+    if (!lost.empty()) {
+      tx.exec_params(
+          "UPDATE scheduler.instances SET desired = 'stopped', state = 'lost', updated_at = now() "
+          "WHERE id = ANY($1::text[])",
+          db::TextArrayLiteral(lost));
+    }
+    tx.commit();
+  });
+  return ids;
+}
+
 void Store::PruneStopped(std::chrono::seconds age) {
   pool_.Run([&](pqxx::connection& c) {
     pqxx::work tx(c);

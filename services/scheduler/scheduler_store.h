@@ -134,6 +134,14 @@ class Store {
   // Writes the plan's instance changes in one transaction; returns the new instance ids.
   std::vector<std::string> ApplyInstances(const std::string& service, const std::string& preview,
                                           const Plan& plan);
+  // The same for many lines at once, in one transaction (a reconcile pass in steady state):
+  // ids[i] are the new instance ids of plans[i].
+  struct LinePlan {
+    std::string service;
+    std::string preview;
+    const Plan* plan = nullptr;
+  };
+  std::vector<std::vector<std::string>> ApplyPlans(const std::vector<LinePlan>& plans);
   // Forgets instance rows that stopped more than `age` ago.
   void PruneStopped(std::chrono::seconds age);
 

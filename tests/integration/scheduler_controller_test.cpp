@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "harness.h"
@@ -233,18 +234,40 @@ TEST_CASE(
     "[scheduler-controller]") {
   Fixture f;
   auto app = f.App("all", "a");
-  // The dependent first, so order of arrival is not what orders them.
+  // The dependent's build finishes first; meanwhile the builder says db is still building for
+  // the same commit, so arrival order is not what orders them.
+  std::mutex mu;
+  std::string db_building_for;
+  auto building = [&](const std::string& commit) {
+    std::lock_guard lock(mu);
+    db_building_for = commit;
+  };
+  app->controller()->SetBuildProbe(
+      [&](const std::string& repo, const std::string& service, const std::string& commit) {
+        std::lock_guard lock(mu);
+        return repo == "acme/shop" && service == "db" && commit == db_building_for;
+      });
+  building("c1");
   app->HandleEvent("muon.evt.build.web",
                    Candidate("web", "b-w1", "c1", Manifest("web", 1, "", "depends_on: [db]\n")));
+  REQUIRE(WaitUntil([&] { return FirstEvent(*app, "web", "rollout.waiting") > 0; }, 10s));
   app->HandleEvent("muon.evt.build.db", Candidate("db", "b-d1", "c1", Manifest("db", 1)));
+  building("");
   REQUIRE(WaitUntil([&] { return Converged(*app, "web", 1) && Converged(*app, "db", 1); }, 15s));
   CHECK(FirstEvent(*app, "db", "rollout.succeeded") < FirstEvent(*app, "web", "rollout.started"));
 
   // Commit c2: db cannot roll out (a required key is missing), so web does not either.
+  building("c2");
   app->HandleEvent("muon.evt.build.web",
                    Candidate("web", "b-w2", "c2", Manifest("web", 1, "", "depends_on: [db]\n")));
+  muon::scheduler::v1::ListReleasesRequest web_releases;
+  web_releases.set_service("web");
+  // web waits while db builds.
+  REQUIRE(WaitUntil([&] { return app->ListReleases(web_releases).releases_size() == 2; }, 10s));
+  CHECK(app->ListReleases(web_releases).releases(0).status() == "pending");
   app->HandleEvent("muon.evt.build.db",
                    Candidate("db", "b-d2", "c2", Manifest("db", 1, "  required_env: [PASS]\n")));
+  building("");
   muon::scheduler::v1::ListReleasesRequest lr;
   lr.set_service("web");
   REQUIRE(WaitUntil([&] { return app->ListReleases(lr).releases(0).status() == "failed"; }, 15s));

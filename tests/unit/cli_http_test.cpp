@@ -1167,7 +1167,8 @@ TEST_CASE("cli http: scheduler mutations send their request and print the receip
   CHECK(seen[1].body == R"({"service":"greeter","set":{"LOG_LEVEL":"debug"}})");
   CHECK(seen[2].body == R"({"service":"greeter","secrets":{"API_KEY":"hunter2"},"deploy":true})");
   CHECK(seen[3].target == "/v1/scheduler/Scale");
-  CHECK(seen[3].body == R"({"service":"greeter"})");  // replicas 0 is proto3's default
+  // replicas has presence: an explicit 0 is sent (a request without it is refused).
+  CHECK(seen[3].body == R"({"service":"greeter","replicas":0})");
 }
 
 TEST_CASE("cli http: muon wait prints progress and ends converged, failed or timed out",

@@ -95,9 +95,14 @@ Pool::Pool(PoolOptions options) : options_(std::move(options)) {
 Pool::~Pool() {
   std::unique_lock lock(mu_);
   // Leases must not outlive the pool; waiting here turns a use-after-free into a visible hang.
-  if (!cv_.wait_for(lock, std::chrono::seconds(30), [this] { return open_ == idle_.size(); })) {
-    log::Error("database pool destroyed with leased connections outstanding");
-    std::terminate();
+  // Polled: Release wakes one waiter, which may be an Acquire rather than this.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (open_ != idle_.size()) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      log::Error("database pool destroyed with leased connections outstanding");
+      std::terminate();
+    }
+    cv_.wait_for(lock, std::chrono::milliseconds(10));
   }
   idle_.clear();
 }
@@ -152,7 +157,9 @@ void Pool::Release(std::unique_ptr<pqxx::connection> conn, bool broken) {
   } else {
     idle_.push_back(std::move(conn));
   }
-  cv_.notify_all();
+  // One slot came free: one waiter can use it (waking all of them made dozens of threads fight
+  // for each connection under load).
+  cv_.notify_one();
 }
 
 void Pool::Check() {
