@@ -12,31 +12,14 @@
 
 #include "muon/cli/exit_codes.h"
 #include "muon/cli/output.h"
+#include "muon/common/fd.h"
 
 namespace muon::cli {
 namespace fs = std::filesystem;
 
 namespace {
 
-// An owned file descriptor.
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() { Close(); }
-  int get() const { return fd_; }
-  int Release() { return std::exchange(fd_, -1); }
-  int Close() {
-    if (fd_ < 0) return 0;
-    const int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
+using muon::Fd;
 
 [[noreturn]] void FailErrno(std::string_view what, const fs::path& path) {
   throw CliError(kExitError, fmt::format("{} {}: {}", what, path.string(), std::strerror(errno)));

@@ -18,6 +18,7 @@
 
 #include "muon/common/config.h"
 #include "muon/common/errors.h"
+#include "muon/common/fd.h"
 #include "muon/common/log.h"
 #include "muon/common/service.h"
 #include "muon/common/service_main.h"
@@ -26,6 +27,8 @@ extern char** environ;
 
 namespace muon::bus_tool {
 namespace {
+
+using muon::Fd;
 
 using Clock = std::chrono::steady_clock;
 
@@ -51,24 +54,6 @@ The command's stderr goes to muon-bus's stderr (the node ships it to the logs). 
 requests in flight finish (up to --drain-timeout), then muon-bus exits 0.)";
 
 constexpr size_t kMaxErrorLineBytes = 16 * 1024;
-
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() { Reset(); }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  explicit operator bool() const { return fd_ >= 0; }
-  void Reset(int fd = -1) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = fd;
-  }
-
- private:
-  int fd_ = -1;
-};
 
 [[noreturn]] void ThrowErrno(const std::string& what) {
   throw std::system_error(errno, std::generic_category(), what);

@@ -18,30 +18,14 @@
 #include <thread>
 #include <utility>
 
+#include "muon/common/fd.h"
+
 extern char** environ;
 
 namespace muon {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// Closes a file descriptor on scope exit.
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() { Reset(); }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  void Reset() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_ = -1;
-};
 
 [[noreturn]] void ThrowErrno(int err, const std::string& what) {
   throw std::system_error(err, std::generic_category(), what);
