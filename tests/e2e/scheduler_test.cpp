@@ -748,6 +748,13 @@ TEST_CASE("kill -9 of the leading controller mid-rollout: the standby takes over
         return target != 0;
       },
       90s, 50ms));
+  // The instances the leader ran as a node die with it; the survivor replaces them.
+  const std::string dead_node = leader_pid == scheduler1 ? "local-scheduler-1" : "local-scheduler-2";
+  int on_dead_node = 0;
+  const auto before_kill = Status();
+  for (const auto& i : before_kill.instances()) {
+    on_dead_node += i.node() == dead_node && i.desired() == "running" ? 1 : 0;
+  }
   REQUIRE(::kill(leader_pid, SIGKILL) == 0);
   REQUIRE(ReleaseOf(commit).version() == target);
 
@@ -812,6 +819,25 @@ TEST_CASE("kill -9 of the leading controller mid-rollout: the standby takes over
     CHECK(i.version() == status.live_version());
   }
   CHECK(running == 3);
+  // The standby ended the rollout the dead leader started, and replaced what ran on its node.
+  const auto events = Events();
+  INFO(EventTrail(events));
+  bool ended_by_standby = false;
+  for (const auto& e : events) {
+    if ((e.type() == "rollout.succeeded" || e.type() == "rollout.failed") &&
+        e.version() == target) {
+      ended_by_standby = e.id() > next->id();
+    }
+  }
+  CHECK(ended_by_standby);
+  if (on_dead_node > 0) {
+    bool replaced = false;
+    for (const auto& e : events) {
+      replaced = replaced || (e.type() == "drift.repaired" && e.id() > leading->id() &&
+                              Contains(e.message(), dead_node));
+    }
+    CHECK(replaced);
+  }
   ExpectAnswers("Version", waited->code == 0 ? new_answer : old_answer);
 
   // The killed process comes back (scripts/up restarts what died) as a node again.
