@@ -293,13 +293,7 @@ void Controller::StartPendingRollouts() {
     }
     auto rollout = store_.StartRollout(service, release.version(), from_version, preview);
     if (!rollout) continue;  // another controller was quicker (a leader change mid-pass)
-    v1::Lock held;
-    if (!store_.AcquireLock(key, LockHolder(rollout->id),
-                            fmt::format("rolling out {} (controller {})", label, options_.id),
-                            options_.lock_ttl, &held)) {
-      log::Warn("deploy lock held elsewhere; the rollout waits for it",
-                {{"service", key}, {"holder", held.holder()}});
-    }
+    // The deploy lock is taken by the line's reconcile, right after this, like at every tick.
     events_.Record(
         {.service = service,
          .type = "rollout.started",
@@ -358,10 +352,22 @@ int Controller::ReconcileLine(const LineView& line, std::vector<NodeView>& nodes
     rollout = store_.RunningRollout(line.service, line.preview);
     if (!rollout) return 0;  // ended since the lines were read
     v1::Lock held;
-    if (!store_.AcquireLock(LockKey(line.service, line.preview), LockHolder(rollout->id),
-                            fmt::format("rolling out {} (controller {})",
-                                        Label(rollout->version, line.preview), options_.id),
-                            options_.lock_ttl, &held)) {
+    v1::Lock expired;
+    const bool got =
+        store_.AcquireLock(LockKey(line.service, line.preview), LockHolder(rollout->id),
+                           fmt::format("rolling out {} (controller {})",
+                                       Label(rollout->version, line.preview), options_.id),
+                           options_.lock_ttl, &held, &expired);
+    if (got && !expired.holder().empty()) {
+      events_.Record({.service = line.service,
+                      .type = "lock.expired",
+                      .message = fmt::format("the deploy lock held by {} ({}) expired without a "
+                                             "renewal; the rollout of v{} takes it over",
+                                             expired.holder(), expired.reason(), rollout->version),
+                      .version = rollout->version,
+                      .attributes = {{"holder", expired.holder()}}});
+    }
+    if (!got) {
       if (noted_.insert(fmt::format("lock/{}", rollout->id)).second) {
         events_.Record({.service = line.service,
                         .type = "rollout.waiting",

@@ -887,8 +887,13 @@ v1::Receipt SchedulerApp::SetEnv(const v1::SetEnvRequest& request, const std::st
   if (!problems.empty()) throw Error::BadRequest(Join(problems, "; "));
   std::optional<v1::Release> base;
   if (request.deploy()) {
-    if (auto b = store_->NewestRelease(svc.name, "", {}); b) {
-      base = BaseRelease(svc.name);
+    if (auto newest = store_->NewestRelease(svc.name, "", {}); newest) {
+      // A pushed release that was waiting for exactly this config is what goes out with it, not
+      // the live one.
+      base = newest->status() == "failed" && newest->category() == "config_missing" &&
+                     newest->version() > svc.live_version
+                 ? *newest
+                 : BaseRelease(svc.name);
       CheckRequiredConfig(svc.name, base->manifest(), &change);
     }
   }

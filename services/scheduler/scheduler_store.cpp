@@ -600,9 +600,19 @@ int Store::RemovePreview(const std::string& repo, const std::string& preview) {
 }
 
 bool Store::AcquireLock(const std::string& service, const std::string& holder,
-                        const std::string& reason, std::chrono::seconds ttl, v1::Lock* current) {
+                        const std::string& reason, std::chrono::seconds ttl, v1::Lock* current,
+                        v1::Lock* expired) {
   return pool_.Run([&](pqxx::connection& c) {
     pqxx::work tx(c);
+    if (expired) {
+      // Whose lock this takes over, if it is someone else's that ran out.
+      const auto previous = tx.exec_params(
+          fmt::format("SELECT {} FROM scheduler.locks WHERE service = $1 AND holder <> $2 AND "
+                      "expires_at < now() FOR UPDATE",
+                      kLockColumns),
+          service, holder);
+      *expired = previous.empty() ? v1::Lock() : RowToLock(previous[0]);
+    }
     // Taken when free, expired (its holder died), or already ours (a renewal).
     const auto r = tx.exec_params(
         "INSERT INTO scheduler.locks (service, holder, reason, expires_at) "

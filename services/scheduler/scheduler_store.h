@@ -119,8 +119,10 @@ class Store {
   int RemovePreview(const std::string& repo, const std::string& preview);
   // Takes or renews the service's deploy lock for `holder`; false (and the current lock) when
   // another holder has it and it has not expired.
+  // `expired` (optional) is set to the lock taken over when it was another holder's that had
+  // run out (its holder empty otherwise).
   bool AcquireLock(const std::string& service, const std::string& holder, const std::string& reason,
-                   std::chrono::seconds ttl, v1::Lock* current);
+                   std::chrono::seconds ttl, v1::Lock* current, v1::Lock* expired = nullptr);
   void ReleaseLock(const std::string& service, const std::string& holder);
   std::optional<v1::Lock> ForceUnlock(const std::string& service);
   std::vector<v1::Lock> ListLocks();
