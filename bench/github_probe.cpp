@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "harness.h"
 #include "http_client.h"
 #include "muon/builder/v1/builder.pb.h"
 #include "muon/common/bus.h"
@@ -61,18 +62,7 @@ double Percentile(std::vector<double> v, double p) {
   return v.empty() ? 0 : v[std::min(v.size() - 1, size_t(p * double(v.size())))];
 }
 
-std::string Git(const std::string& dir, std::vector<std::string> args) {
-  muon::ProcessOptions o;
-  o.program = "git";
-  o.args = std::move(args);
-  o.working_dir = dir;
-  o.env = {{"GIT_AUTHOR_NAME", "Bench"},       {"GIT_AUTHOR_EMAIL", "bench@example.com"},
-           {"GIT_COMMITTER_NAME", "Bench"},    {"GIT_COMMITTER_EMAIL", "bench@example.com"},
-           {"GIT_CONFIG_GLOBAL", "/dev/null"}, {"GIT_CONFIG_NOSYSTEM", "1"}};
-  auto r = muon::RunCommand(o, 60s);
-  if (!r.status.Success()) throw std::runtime_error("git failed: " + r.output);
-  return r.output;
-}
+using muon::testing::Git;
 
 std::string PushBody(const std::string& before, const std::string& after, const std::string& path) {
   return fmt::format(

@@ -309,20 +309,7 @@ TEST_CASE(
 
 namespace {
 
-std::string Git(const std::string& cwd, std::vector<std::string> args) {
-  const auto r = muon::RunCommand({.program = "git",
-                                   .args = std::move(args),
-                                   .env = {{"GIT_AUTHOR_NAME", "Dev"},
-                                           {"GIT_AUTHOR_EMAIL", "dev@example.com"},
-                                           {"GIT_COMMITTER_NAME", "Dev"},
-                                           {"GIT_COMMITTER_EMAIL", "dev@example.com"},
-                                           {"GIT_CONFIG_GLOBAL", "/dev/null"}},
-                                   .working_dir = cwd},
-                                  60s);
-  INFO(r.output);
-  REQUIRE(r.status.Success());
-  return r.output;
-}
+using muon::testing::Git;
 
 // A push payload with the fields GitHub sends (trimmed commit metadata).
 std::string GithubPush(const std::string& repo, const std::string& before, const std::string& after,

@@ -125,10 +125,10 @@ class LocalStack {
     return pid;
   }
   muon::RunResult Psql(const std::string& sql) {
-    return muon::RunCommand({.program = "psql",
-                             .args = {StackEnv("DATABASE_URL"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
-                                      "-c", sql}},
-                            30s);
+    return muon::RunCommand(
+        {.program = "psql",
+         .args = {StackEnv("DATABASE_URL"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql}},
+        30s);
   }
   std::string Logs(const std::string& process) const {
     const std::string text = ReadFile(state() + "/logs/" + process + ".log");
@@ -151,20 +151,7 @@ LocalStack& Stack() {
 
 // ---- the acme/shop repository ----------------------------------------------------------------
 
-std::string Git(const std::string& cwd, std::vector<std::string> args) {
-  const auto r = muon::RunCommand({.program = "git",
-                                   .args = std::move(args),
-                                   .env = {{"GIT_AUTHOR_NAME", "Dev"},
-                                           {"GIT_AUTHOR_EMAIL", "dev@example.com"},
-                                           {"GIT_COMMITTER_NAME", "Dev"},
-                                           {"GIT_COMMITTER_EMAIL", "dev@example.com"},
-                                           {"GIT_CONFIG_GLOBAL", "/dev/null"}},
-                                   .working_dir = cwd},
-                                  60s);
-  INFO(r.output);
-  REQUIRE(r.status.Success());
-  return r.output;
-}
+using muon::testing::Git;
 
 std::string JsonList(const std::vector<std::string>& items) {
   std::string out = "[";
@@ -405,8 +392,8 @@ std::string Diagnostics() {
   auto& stack = Stack();
   return "muon describe shop:\n" + stack.Muon({"describe", "shop"}).output +
          "\nmuon events shop:\n" + stack.Muon({"events", "shop", "-n", "60"}).output +
-         "\nscheduler-1.log (tail):\n" + stack.Logs("scheduler-1") +
-         "\nscheduler-2.log (tail):\n" + stack.Logs("scheduler-2");
+         "\nscheduler-1.log (tail):\n" + stack.Logs("scheduler-1") + "\nscheduler-2.log (tail):\n" +
+         stack.Logs("scheduler-2");
 }
 
 // ---- calling shop through the ingress -----------------------------------------------------
@@ -552,9 +539,9 @@ class CallLoad {
 // What every case shares: the repo, and what runs.
 struct Shop {
   std::unique_ptr<ShopRepo> repo;
-  int next_version = 1;      // the number in the VERSION file of the next push
-  std::string live_answer;   // what shop.Version answers now
-  int v1 = 0;                // release numbers the cases refer to
+  int next_version = 1;     // the number in the VERSION file of the next push
+  std::string live_answer;  // what shop.Version answers now
+  int v1 = 0;               // release numbers the cases refer to
   std::string v1_answer;
   std::string v1_digest;
 };
@@ -591,9 +578,10 @@ sched::Release PushGood() {
 }  // namespace
 
 // 1. From nothing: the repository is registered and its first push deploys shop v1.
-TEST_CASE("a signed push of a new service makes release v1 live: muon wait exits 0, status says "
-          "converged, the ingress answers its VERSION",
-          "[e2e][scheduler]") {
+TEST_CASE(
+    "a signed push of a new service makes release v1 live: muon wait exits 0, status says "
+    "converged, the ingress answers its VERSION",
+    "[e2e][scheduler]") {
   auto& stack = Stack();
   INFO(stack.up().output);
   REQUIRE(stack.up().status.Success());
@@ -640,9 +628,10 @@ TEST_CASE("a signed push of a new service makes release v1 live: muon wait exits
 }
 
 // 2. From shop v1 with 1 instance: scaled to 3, then a push rolls out under constant load.
-TEST_CASE("a rolling update of a 3-instance service under load fails no call, and the answers "
-          "switch from the old VERSION to the new one",
-          "[e2e][scheduler]") {
+TEST_CASE(
+    "a rolling update of a 3-instance service under load fails no call, and the answers "
+    "switch from the old VERSION to the new one",
+    "[e2e][scheduler]") {
   auto& stack = Stack();
   auto& shop = TheShop();
   REQUIRE(shop.v1 > 0);
@@ -710,9 +699,10 @@ TEST_CASE("a rolling update of a 3-instance service under load fails no call, an
 
 // 3. From shop with 3 instances of the release of case 2: the leading controller dies
 // mid-rollout; scripts/up restarts it at the end.
-TEST_CASE("kill -9 of the leading controller mid-rollout: the standby takes over and the rollout "
-          "ends with exactly one release live",
-          "[e2e][scheduler]") {
+TEST_CASE(
+    "kill -9 of the leading controller mid-rollout: the standby takes over and the rollout "
+    "ends with exactly one release live",
+    "[e2e][scheduler]") {
   auto& stack = Stack();
   auto& shop = TheShop();
   REQUIRE(Status().healthy() == 3);
@@ -731,8 +721,8 @@ TEST_CASE("kill -9 of the leading controller mid-rollout: the standby takes over
   const pid_t leader_pid = std::atoi(leading->attributes().at("pid").c_str());
   const pid_t scheduler1 = stack.Pid("scheduler-1");
   const pid_t scheduler2 = stack.Pid("scheduler-2");
-  INFO("leader " << leading->message() << "; scheduler-1 pid " << scheduler1
-                 << ", scheduler-2 pid " << scheduler2);
+  INFO("leader " << leading->message() << "; scheduler-1 pid " << scheduler1 << ", scheduler-2 pid "
+                 << scheduler2);
   REQUIRE((leader_pid == scheduler1 || leader_pid == scheduler2));
 
   const std::string new_answer = NextVersion();
@@ -749,7 +739,8 @@ TEST_CASE("kill -9 of the leading controller mid-rollout: the standby takes over
       },
       90s, 50ms));
   // The instances the leader ran as a node die with it; the survivor replaces them.
-  const std::string dead_node = leader_pid == scheduler1 ? "local-scheduler-1" : "local-scheduler-2";
+  const std::string dead_node =
+      leader_pid == scheduler1 ? "local-scheduler-1" : "local-scheduler-2";
   int on_dead_node = 0;
   const auto before_kill = Status();
   for (const auto& i : before_kill.instances()) {
@@ -950,9 +941,10 @@ TEST_CASE("muon rollback shop --to v1 runs v1's artifact again without a build",
 }
 
 // 7. From the rollback release of case 6.
-TEST_CASE("muon env set shop GREETING=hi makes a config release without a build that the "
-          "instance sees",
-          "[e2e][scheduler]") {
+TEST_CASE(
+    "muon env set shop GREETING=hi makes a config release without a build that the "
+    "instance sees",
+    "[e2e][scheduler]") {
   auto& stack = Stack();
   const int builds = CountBuilds();
   const auto before = Status();
@@ -1017,7 +1009,8 @@ sched::Release PushBroken(const std::string& manifest, const std::string& catego
   CHECK(status.healthy() == before.desired_replicas());
   CHECK(status.paused());
   CHECK(Contains(status.paused_reason(), category));
-  const std::string paused = "paused: v" + std::to_string(release.version()) + " failed: " + category;
+  const std::string paused =
+      "paused: v" + std::to_string(release.version()) + " failed: " + category;
   auto shown = stack.Muon({"status", "shop"});
   INFO(shown.output);
   CHECK(Contains(shown.output, "auto-deploy:   " + paused));
@@ -1033,23 +1026,26 @@ sched::Release PushBroken(const std::string& manifest, const std::string& catego
 }
 }  // namespace
 
-TEST_CASE("a release whose process exits at start fails as start_failed with exit code 3 and "
-          "its last lines; the previous release keeps serving; auto-deploy pauses",
-          "[e2e][scheduler]") {
+TEST_CASE(
+    "a release whose process exits at start fails as start_failed with exit code 3 and "
+    "its last lines; the previous release keeps serving; auto-deploy pauses",
+    "[e2e][scheduler]") {
   PushBroken(Manifest("echo boom-at-start >&2; exit 3"), "start_failed",
              {"start_failed", "exit code 3"}, "boom-at-start");
 }
 
-TEST_CASE("a release never healthy fails as health_timeout; the next push had resumed "
-          "auto-deploy; the previous release keeps serving",
-          "[e2e][scheduler]") {
+TEST_CASE(
+    "a release never healthy fails as health_timeout; the next push had resumed "
+    "auto-deploy; the previous release keeps serving",
+    "[e2e][scheduler]") {
   PushBroken(Manifest("echo waiting-forever >&2; exec sleep 600", "3s"), "health_timeout",
              {"health_timeout", "not healthy within 3s"}, "waiting-forever");
 }
 
-TEST_CASE("a release that crashes after it became healthy fails as crash_loop after 3 exits; "
-          "the previous release keeps serving",
-          "[e2e][scheduler]") {
+TEST_CASE(
+    "a release that crashes after it became healthy fails as crash_loop after 3 exits; "
+    "the previous release keeps serving",
+    "[e2e][scheduler]") {
   // It serves, and dies 0.2 s after it answered its first health check (Version): well within
   // MIN_READY (1 s), so it never counts as available and the old instance is not stopped for it.
   const auto release = PushBroken(
@@ -1079,9 +1075,10 @@ TEST_CASE("the next good push resumes the paused auto-deploy and goes live", "[e
 }
 
 // 9. From shop with 1 instance of a good release; API_KEY is set nowhere.
-TEST_CASE("a push requiring API_KEY fails with config_missing; muon deploy refuses before any "
-          "change; muon secrets set deploys the pushed release",
-          "[e2e][scheduler]") {
+TEST_CASE(
+    "a push requiring API_KEY fails with config_missing; muon deploy refuses before any "
+    "change; muon secrets set deploys the pushed release",
+    "[e2e][scheduler]") {
   auto& stack = Stack();
   const int live_version = Status().live_version();
   const std::string version = NextVersion();

@@ -379,8 +379,9 @@ void NatsServer::Start() {
   // As scripts/up configures it: GitHub webhook bodies (up to 25 MB) travel in one message.
   const std::string config = dir_->path() + "/nats.conf";
   if (!std::ifstream(config)) std::ofstream(config) << "max_payload: 32MB\n";
-  options.args = {"-c", config, "-a",  "127.0.0.1",          "-p",
-                  std::to_string(port_), "-js", "-sd", dir_->path() + "/js"};
+  options.args = {"-c",        config, "-a",
+                  "127.0.0.1", "-p",   std::to_string(port_),
+                  "-js",       "-sd",  dir_->path() + "/js"};
   // Output redirection instead of -l also catches what the server prints before its logger is
   // configured (flag errors, panics).
   options.output_file = log_path();
@@ -489,6 +490,22 @@ void Postgres::Start() {
 Postgres& Postgres::Shared() {
   static Postgres instance;
   return instance;
+}
+
+std::string Git(const std::string& cwd, std::vector<std::string> args) {
+  ProcessOptions o;
+  o.program = "git";
+  o.args = std::move(args);
+  o.working_dir = cwd;
+  o.env = {{"GIT_AUTHOR_NAME", "Dev"},         {"GIT_AUTHOR_EMAIL", "dev@example.com"},
+           {"GIT_COMMITTER_NAME", "Dev"},      {"GIT_COMMITTER_EMAIL", "dev@example.com"},
+           {"GIT_CONFIG_GLOBAL", "/dev/null"}, {"GIT_CONFIG_NOSYSTEM", "1"}};
+  const RunResult r = RunCommand(o, std::chrono::seconds(60));
+  if (!r.status.Success()) {
+    throw std::runtime_error("git " + (o.args.empty() ? std::string() : o.args.front()) +
+                             " failed (" + r.status.Describe() + "): " + r.output);
+  }
+  return r.output;
 }
 
 }  // namespace muon::testing

@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "muon/common/process.h"
 
@@ -21,6 +22,10 @@ uint16_t FreePort();
 // Directory of the built binaries (build/bin) and of the source tree.
 std::string BinDir();
 std::string SourceDir();
+
+// Runs git in `cwd` with a fixed author and no user or system config; returns its output.
+// Throws std::runtime_error with the output when git fails.
+std::string Git(const std::string& cwd, std::vector<std::string> args);
 
 // Polls `condition` every `interval` until it returns true or `deadline` passes.
 bool WaitUntil(const std::function<bool()>& condition, std::chrono::milliseconds deadline,
@@ -51,7 +56,10 @@ class NatsServer {
   uint16_t port() const { return port_; }
   void Stop();   // SIGTERM and wait
   void Start();  // same port and store dir; waits for readiness
-  void Restart() { Stop(); Start(); }
+  void Restart() {
+    Stop();
+    Start();
+  }
   // Path of the server's log file (for diagnostics in failure messages).
   std::string log_path() const;
 
@@ -75,7 +83,10 @@ class Postgres {
   std::string CreateDatabase();
   void Stop();   // fast shutdown
   void Start();  // same data dir and port; waits for readiness
-  void Restart() { Stop(); Start(); }
+  void Restart() {
+    Stop();
+    Start();
+  }
   std::string log_path() const;
 
   // One cluster per test process, started on first use (initdb costs seconds; databases are
