@@ -465,19 +465,6 @@ std::optional<RolloutRow> Store::RunningRollout(const std::string& service,
   });
 }
 
-std::vector<RolloutRow> Store::RunningRollouts() {
-  return pool_.Run([&](pqxx::connection& c) {
-    pqxx::read_transaction tx(c);
-    std::vector<RolloutRow> out;
-    for (const auto& row : tx.exec(
-             fmt::format("SELECT {} FROM scheduler.rollouts WHERE state = 'running' ORDER BY id",
-                         kRolloutColumns))) {
-      out.push_back(RowToRollout(row));
-    }
-    return out;
-  });
-}
-
 std::optional<RolloutRow> Store::LastRollout(const std::string& service,
                                              const std::string& preview) {
   return pool_.Run([&](pqxx::connection& c) -> std::optional<RolloutRow> {
@@ -508,18 +495,6 @@ std::optional<RolloutRow> Store::StartRollout(const std::string& service, int ve
         service, version);
     tx.commit();
     return RowToRollout(r[0]);
-  });
-}
-
-void Store::FinishRollout(int64_t id, const std::string& state, const std::string& category,
-                          const std::string& detail) {
-  pool_.Run([&](pqxx::connection& c) {
-    pqxx::work tx(c);
-    tx.exec_params(
-        "UPDATE scheduler.rollouts SET state = $2, category = $3, detail = $4, "
-        "finished_at = now() WHERE id = $1 AND state = 'running'",
-        id, state, category, detail);
-    tx.commit();
   });
 }
 
@@ -629,15 +604,6 @@ bool Store::AcquireLock(const std::string& service, const std::string& holder,
     }
     tx.commit();
     return !r.empty();
-  });
-}
-
-void Store::ReleaseLock(const std::string& service, const std::string& holder) {
-  pool_.Run([&](pqxx::connection& c) {
-    pqxx::work tx(c);
-    tx.exec_params("DELETE FROM scheduler.locks WHERE service = $1 AND holder = $2", service,
-                   holder);
-    tx.commit();
   });
 }
 
@@ -780,28 +746,7 @@ std::vector<v1::InstanceInfo> Store::Instances(const std::string& service) {
 
 std::vector<std::string> Store::ApplyInstances(const std::string& service,
                                                const std::string& preview, const Plan& plan) {
-  if (plan.starts.empty() && plan.stops.empty()) return {};
-  return pool_.Run([&](pqxx::connection& c) {
-    pqxx::work tx(c);
-    std::vector<std::string> ids;
-    for (const StartInstance& s : plan.starts) {
-      std::string id = fmt::format("{}-{}", service, RandomHex(4));
-      tx.exec_params(
-          "INSERT INTO scheduler.instances (id, service, version, preview, node) "
-          "VALUES ($1, $2, $3, $4, $5)",
-          id, service, s.version, preview, s.node);
-      ids.push_back(std::move(id));
-    }
-    for (const StopInstance& s : plan.stops) {
-      // A lost instance's node is gone: nobody else will report it stopped.
-      tx.exec_params(
-          "UPDATE scheduler.instances SET desired = 'stopped', "
-          "state = CASE WHEN $2 THEN 'lost' ELSE state END, updated_at = now() WHERE id = $1",
-          s.id, s.lost);
-    }
-    tx.commit();
-    return ids;
-  });
+  return ApplyPlans({{.service = service, .preview = preview, .plan = &plan}}).front();
 }
 
 std::vector<std::vector<std::string>> Store::ApplyPlans(const std::vector<LinePlan>& plans) {

@@ -102,13 +102,10 @@ class Store {
 
   // ---- rollouts and locks ----
   std::optional<RolloutRow> RunningRollout(const std::string& service, const std::string& preview);
-  std::vector<RolloutRow> RunningRollouts();
   std::optional<RolloutRow> LastRollout(const std::string& service, const std::string& preview);
   // Starts a rollout (fails with kUniqueViolation semantics -> nullopt when one runs already).
   std::optional<RolloutRow> StartRollout(const std::string& service, int version, int from_version,
                                          const std::string& preview);
-  void FinishRollout(int64_t id, const std::string& state, const std::string& category,
-                     const std::string& detail);
   // Records how a rollout ended, in one transaction: the rollout row, the release's status (live
   // and the previous one superseded, or failed with its category and last lines), the service's
   // live version and pause, and the deploy lock held by `lock_holder`.
@@ -123,7 +120,6 @@ class Store {
   // run out (its holder empty otherwise).
   bool AcquireLock(const std::string& service, const std::string& holder, const std::string& reason,
                    std::chrono::seconds ttl, v1::Lock* current, v1::Lock* expired = nullptr);
-  void ReleaseLock(const std::string& service, const std::string& holder);
   std::optional<v1::Lock> ForceUnlock(const std::string& service);
   std::vector<v1::Lock> ListLocks();
 
