@@ -12,12 +12,14 @@ namespace muon::echo {
 void RegisterEndpoints(Service& service, const EchoSettings& settings) {
   const std::string instance = service.id();
   service.AddEndpoint<v1::EchoRequest, v1::EchoResponse>(
-      "Echo", [instance](const v1::EchoRequest& request, RequestContext&) {
+      "Echo",
+      [instance](const v1::EchoRequest& request, RequestContext&) {
         v1::EchoResponse response;
         response.set_message(request.message());
         response.set_instance(instance);
         return response;
-      });
+      },
+      {.non_blocking = true});
   service.AddEndpoint<v1::SleepRequest, v1::SleepResponse>(
       "Sleep", [instance, settings](const v1::SleepRequest& request, RequestContext& ctx) {
         const std::chrono::milliseconds duration(request.milliseconds());

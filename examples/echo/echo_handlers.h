@@ -21,7 +21,9 @@ inline ServiceOptions DefaultOptions() {
   return ServiceOptions{.name = "echo",
                         .kind = ServiceKind::kUser,
                         .version = "1.0.0",
-                        .description = "Echoes messages back; the example service of Muon"};
+                        .description = "Echoes messages back; the example service of Muon",
+                        // Echo never blocks: it runs on the bus's event loop (Sleep does not).
+                        .bus_event_loop = true};
 }
 
 }  // namespace muon::echo

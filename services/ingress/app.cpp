@@ -26,7 +26,7 @@ std::pair<std::string, uint16_t> ParseListen(const std::string& listen) {
   return {listen.substr(0, colon), static_cast<uint16_t>(port)};
 }
 
-void ArmSweeper(boost::asio::steady_timer& timer, bus::AsyncRequester& requester) {
+void ArmSweeper(boost::asio::steady_timer& timer, bus::LoopRequester& requester) {
   timer.expires_after(std::chrono::milliseconds(20));
   timer.async_wait([&timer, &requester](boost::system::error_code ec) {
     if (ec) return;
@@ -53,24 +53,13 @@ void AddIngressOptions(config::Spec& spec) {
       .Int("rate-burst", "MUON_INGRESS_RATE_BURST", 0, 0, 10'000'000,
            "burst size of the rate limit (default: one second's worth)")
       .String("service-secret-file", "MUON_SERVICE_SECRET_FILE", "",
-              "platform service secret, used to fetch the access rules from auth")
-      .Bool("bus-batching", "MUON_INGRESS_BUS_BATCHING", false,
-            "let nats.c buffer publishes and flush them together (fewer syscalls under heavy "
-            "load, about a millisecond more latency when idle)");
+              "platform service secret, used to fetch the access rules from auth");
 }
 
 IngressApp::IngressApp(const config::Values& config, bus::Connection& control_bus)
     : control_bus_(control_bus) {
   const auto [address, port] = ParseListen(config.String("listen"));
   const size_t workers = static_cast<size_t>(config.Int("workers"));
-  for (size_t i = 0; i < workers; ++i) {
-    WorkerBus worker;
-    worker.connection = bus::Connection::Connect({.url = config.String("nats-url"),
-                                                  .name = fmt::format("muon-ingress-w{}", i),
-                                                  .send_asap = !config.Bool("bus-batching")});
-    worker.requester = std::make_unique<bus::AsyncRequester>(*worker.connection);
-    buses_.push_back(std::move(worker));
-  }
 
   std::string secret;
   if (const auto& path = config.String("service-secret-file"); !path.empty()) {
@@ -92,9 +81,8 @@ IngressApp::IngressApp(const config::Values& config, bus::Connection& control_bu
       std::chrono::duration_cast<std::chrono::milliseconds>(config.Duration("max-timeout"));
   options.rate_limit_per_second = static_cast<double>(config.Int("rate-limit"));
   options.rate_limit_burst = static_cast<double>(config.Int("rate-burst"));
-  gateway_ = std::make_unique<Gateway>(options, buses_, *verifier_, *rules_, *catalog_, metrics_);
-
-  refresher_ = std::thread([this] { RefreshLoop(); });
+  gateway_ = std::make_unique<Gateway>(options, buses_, control_bus_, *verifier_, *rules_,
+                                       *catalog_, metrics_);
 
   ServerOptions server_options;
   server_options.address = address;
@@ -105,11 +93,20 @@ IngressApp::IngressApp(const config::Values& config, bus::Connection& control_bu
   server_options.tls_cert_file = config.String("tls-cert");
   server_options.tls_key_file = config.String("tls-key");
   server_ = std::make_unique<HttpServer>(server_options, *gateway_);
-  server_->Start();
+  // Each worker's bus runs on the worker's own io_context (filled in before any request comes).
   for (size_t i = 0; i < workers; ++i) {
+    WorkerBus worker;
+    worker.connection = bus::Connection::Connect({.url = config.String("nats-url"),
+                                                  .name = fmt::format("muon-ingress-w{}", i),
+                                                  .event_loop = &server_->worker_context(i)});
+    worker.requester = std::make_unique<bus::LoopRequester>(*worker.connection);
+    buses_.push_back(std::move(worker));
     sweepers_.push_back(std::make_unique<boost::asio::steady_timer>(server_->worker_context(i)));
-    ArmSweeper(*sweepers_.back(), *buses_[i].requester);
+    ArmSweeper(*sweepers_.back(), *buses_.back().requester);
   }
+
+  refresher_ = std::thread([this] { RefreshLoop(); });
+  server_->Start();
   log::Info("ingress listening", {{"address", address},
                                   {"port", server_->port()},
                                   {"workers", workers},
@@ -146,10 +143,11 @@ void IngressApp::Drain(std::chrono::milliseconds timeout) {
 }
 
 IngressApp::~IngressApp() {
-  Drain(std::chrono::seconds(0));
+  Drain(std::chrono::seconds(0));  // the workers' threads are joined after this
+  // The buses run on the workers' io_contexts: they go first, while those still exist.
   sweepers_.clear();
+  buses_.clear();
   server_.reset();
-  for (auto& bus : buses_) bus.requester.reset();
 }
 
 }  // namespace muon::ingress

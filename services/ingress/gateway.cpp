@@ -88,11 +88,13 @@ struct Gateway::Call {
   std::chrono::milliseconds timeout{0};
 };
 
-Gateway::Gateway(GatewayOptions options, std::vector<WorkerBus>& buses, token::Verifier& verifier,
-                 rules::RuleCache& rules, Catalog& catalog, metrics::Registry& metrics)
+Gateway::Gateway(GatewayOptions options, std::vector<WorkerBus>& buses, bus::Connection& stream_bus,
+                 token::Verifier& verifier, rules::RuleCache& rules, Catalog& catalog,
+                 metrics::Registry& metrics)
     : options_(std::move(options)),
       metrics_(metrics),
       buses_(buses),
+      stream_bus_(stream_bus),
       verifier_(verifier),
       rules_(rules),
       catalog_(catalog),
@@ -400,8 +402,7 @@ void Gateway::StartLogTail(std::shared_ptr<Call> call, const rules::Caller& call
         in_flight_.Add(-1);
         auto out = c.stream(std::move(head));
         auto& io = out->io();
-        auto log_tail =
-            std::make_shared<LogTail>(std::move(tail), *buses_[c.worker].connection, io, out);
+        auto log_tail = std::make_shared<LogTail>(std::move(tail), stream_bus_, io, out);
         // Start on the worker thread: the tail's timer lives there.
         boost::asio::post(io, [log_tail, history = std::move(history), out] {
           if (auto start_ec = log_tail->Start(history)) {

@@ -12,7 +12,7 @@
 #include "catalog.h"
 #include "edge.h"
 #include "http_server.h"
-#include "muon/common/async_requester.h"
+#include "muon/common/bus_loop.h"
 #include "muon/common/metrics.h"
 #include "muon/common/rules.h"
 #include "muon/common/token.h"
@@ -27,16 +27,21 @@ struct GatewayOptions {
   double rate_limit_burst = 0;
 };
 
-// The bus side of one HTTP worker: its own NATS connection and multiplexed requester.
+// The bus side of one HTTP worker: its own NATS connection, driven by the worker's io_context
+// (bus_loop.h), and a requester whose replies arrive on the worker's thread: a call is read,
+// sent, answered and written back without leaving that thread.
 struct WorkerBus {
   std::unique_ptr<bus::Connection> connection;
-  std::unique_ptr<bus::AsyncRequester> requester;
+  std::unique_ptr<bus::LoopRequester> requester;
 };
 
 class Gateway : public RequestHandler {
  public:
-  Gateway(GatewayOptions options, std::vector<WorkerBus>& buses, token::Verifier& verifier,
-          rules::RuleCache& rules, Catalog& catalog, metrics::Registry& metrics);
+  // `stream_bus` is a connection with nats.c's own threads: a log tail's JetStream consumer is
+  // set up with blocking requests, which must not run on a worker's event loop.
+  Gateway(GatewayOptions options, std::vector<WorkerBus>& buses, bus::Connection& stream_bus,
+          token::Verifier& verifier, rules::RuleCache& rules, Catalog& catalog,
+          metrics::Registry& metrics);
 
   void Handle(Request request, const ClientInfo& client, size_t worker, Respond respond,
               Stream stream) override;
@@ -56,6 +61,7 @@ class Gateway : public RequestHandler {
   GatewayOptions options_;
   metrics::Registry& metrics_;
   std::vector<WorkerBus>& buses_;
+  bus::Connection& stream_bus_;
   token::Verifier& verifier_;
   rules::RuleCache& rules_;
   Catalog& catalog_;

@@ -358,6 +358,12 @@ HttpServer::HttpServer(ServerOptions options, RequestHandler& handler)
     tls_->use_certificate_chain_file(options_.tls_cert_file);
     tls_->use_private_key_file(options_.tls_key_file, asio::ssl::context::pem);
   }
+  // The workers' io_contexts exist from here on, so bus connections can join them before Start.
+  for (size_t i = 0; i < options_.workers; ++i) {
+    auto worker = std::make_unique<Worker>();
+    worker->io = std::make_unique<asio::io_context>(1);
+    workers_.push_back(std::move(worker));
+  }
 }
 
 HttpServer::~HttpServer() {
@@ -374,8 +380,7 @@ void HttpServer::Start() {
   const auto address = asio::ip::make_address(options_.address);
   uint16_t port = options_.port;
   for (size_t i = 0; i < options_.workers; ++i) {
-    auto worker = std::make_unique<Worker>();
-    worker->io = std::make_unique<asio::io_context>(1);
+    Worker* worker = workers_[i].get();
     worker->acceptor = std::make_unique<tcp::acceptor>(*worker->io);
     const tcp::endpoint endpoint(address, port);
     beast::error_code ec;
@@ -396,7 +401,6 @@ void HttpServer::Start() {
                               fmt::format("cannot listen on {}:{}", options_.address, port));
     }
     port = worker->acceptor->local_endpoint().port();  // port 0: later workers share the first
-    workers_.push_back(std::move(worker));
   }
   bound_port_ = port;
   for (size_t i = 0; i < workers_.size(); ++i) {
@@ -437,6 +441,7 @@ void HttpServer::Accept(size_t worker) {
 void HttpServer::Drain(std::chrono::milliseconds timeout) {
   draining_ = true;
   for (auto& w : workers_) {
+    if (!w->acceptor) continue;  // never started
     asio::post(*w->io, [acceptor = w->acceptor.get()] {
       beast::error_code ignored;
       acceptor->close(ignored);

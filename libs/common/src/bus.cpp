@@ -1,5 +1,7 @@
 #include "muon/common/bus.h"
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -8,6 +10,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "bus_loop_driver.h"
 #include "muon/common/log.h"
 
 namespace muon::bus {
@@ -175,6 +178,18 @@ Headers Msg::AllHeaders() const {
   return out;
 }
 
+void FreeMsg(natsMsg* msg) {
+  using FreeFunction = void (*)(void*);
+  static const FreeFunction free_in_place =
+      reinterpret_cast<FreeFunction>(::dlsym(RTLD_DEFAULT, "natsMsg_free"));
+  if (msg == nullptr) return;
+  if (free_in_place != nullptr) {
+    free_in_place(msg);
+  } else {
+    natsMsg_Destroy(msg);
+  }
+}
+
 // ---- Subscription ----
 
 struct Subscription::State {
@@ -291,6 +306,10 @@ std::unique_ptr<Connection> Connection::Connect(const ConnectOptions& options) {
   Check(natsOptions_SetClosedCB(opts.get(), OnClosed, nullptr), "closed cb");
   Check(natsOptions_SetErrorHandler(opts.get(), OnAsyncError, nullptr), "error handler");
   Check(natsOptions_SetMaxPendingMsgs(opts.get(), options.max_pending_msgs), "max pending");
+  if (options.event_loop != nullptr) {
+    conn->loop_ = std::make_shared<LoopDriver>(*options.event_loop);
+    conn->loop_->Install(opts.get());
+  }
   if (options.retry_on_failed_connect) {
     Check(natsOptions_SetRetryOnFailedConnect(opts.get(), true, OnConnected, nullptr),
           "retry on failed connect");

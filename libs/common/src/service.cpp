@@ -130,7 +130,9 @@ struct Service::Endpoint {
   std::string queue_group;
   std::string id;  // "<service>.<Method>" as in error replies
   std::shared_ptr<RawHandler> handler;
+  bool non_blocking = false;
   std::vector<bus::Subscription> subscriptions;
+  std::optional<bus::LoopSubscription> loop_subscription;  // non-blocking, on the event loop
 
   mutable std::mutex mu;
   EndpointStats stats;
@@ -170,7 +172,8 @@ Service::~Service() {
   Stop(std::chrono::seconds(30));
 }
 
-void Service::AddRawEndpoint(std::string method, RawHandler handler) {
+void Service::AddRawEndpoint(std::string method, RawHandler handler,
+                             EndpointOptions endpoint_options) {
   if (running_) throw std::logic_error("AddEndpoint after Start");
   if (!IsValidServiceName(method)) {
     throw std::invalid_argument(fmt::format("endpoint name \"{}\" is invalid", method));
@@ -183,6 +186,7 @@ void Service::AddRawEndpoint(std::string method, RawHandler handler) {
     endpoint->queue_group = std::move(queue);
     endpoint->id = fmt::format("{}.{}", options_.name, method);
     endpoint->handler = shared;
+    endpoint->non_blocking = endpoint_options.non_blocking;
     endpoint->stats.name = endpoint->name;
     endpoint->stats.subject = endpoint->subject;
     endpoint->stats.queue_group = endpoint->queue_group;
@@ -205,6 +209,11 @@ void Service::Start() {
   started_ = std::chrono::system_clock::now();
   for (auto& endpoint : endpoints_) {
     Endpoint* ep = endpoint.get();
+    if (ep->non_blocking && connection_.loop_driver()) {
+      ep->loop_subscription = bus::SubscribeOnLoop(connection_, ep->subject, ep->queue_group,
+                                                   [this, ep](bus::Msg& msg) { Handle(*ep, msg); });
+      continue;
+    }
     for (int i = 0; i < options_.concurrency; ++i) {
       ep->subscriptions.push_back(connection_.QueueSubscribe(
           ep->subject, ep->queue_group, [this, ep](bus::Msg& msg) { Handle(*ep, msg); }));
@@ -225,6 +234,7 @@ void Service::Stop(std::chrono::milliseconds timeout) {
   if (!running_.exchange(false)) return;
   for (auto& endpoint : endpoints_) {
     for (auto& sub : endpoint->subscriptions) sub.StartDrain(timeout);
+    if (endpoint->loop_subscription) endpoint->loop_subscription->StartDrain(timeout);
   }
   for (auto& endpoint : endpoints_) {
     for (auto& sub : endpoint->subscriptions) {
@@ -233,7 +243,11 @@ void Service::Stop(std::chrono::milliseconds timeout) {
                   {{"endpoint", endpoint->id}});
       }
     }
+    if (endpoint->loop_subscription && !endpoint->loop_subscription->WaitDrained(timeout)) {
+      log::Warn("endpoint did not finish in-flight requests in time", {{"endpoint", endpoint->id}});
+    }
     endpoint->subscriptions.clear();
+    endpoint->loop_subscription.reset();
   }
   discovery_subscriptions_.clear();
   (void)connection_.Flush(std::chrono::seconds(2));

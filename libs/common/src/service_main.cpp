@@ -61,7 +61,15 @@ int RunService(int argc, char** argv, config::Spec spec, ServiceOptions options,
   log::SetLevel(*level);
   log::SetComponent(options.name);
 
+  // The loop outlives the connection and stops before it is destroyed (bus_loop.h).
+  std::unique_ptr<bus::EventLoopThread> loop;
   std::unique_ptr<bus::Connection> connection;
+  struct LoopStopper {
+    std::unique_ptr<bus::EventLoopThread>& loop;
+    ~LoopStopper() {
+      if (loop) loop->Stop();
+    }
+  } stop_loop{loop};
   std::unique_ptr<Service> service;
   std::unique_ptr<loglines::Shipper> shipper;
   std::shared_ptr<loglines::ShipperSink> shipper_sink;
@@ -84,8 +92,10 @@ int RunService(int argc, char** argv, config::Spec spec, ServiceOptions options,
     }
     options.concurrency = static_cast<int>(cfg.Int("concurrency"));
     options.metadata.emplace("region", cfg.String("region"));
-    connection = bus::Connection::Connect(
-        {.url = cfg.String("nats-url"), .name = fmt::format("muon-{}", options.name)});
+    if (options.bus_event_loop) loop = std::make_unique<bus::EventLoopThread>();
+    connection = bus::Connection::Connect({.url = cfg.String("nats-url"),
+                                           .name = fmt::format("muon-{}", options.name),
+                                           .event_loop = loop ? &loop->context() : nullptr});
     service = std::make_unique<Service>(*connection, options);
     if (options.kind == ServiceKind::kPlatform) {
       // Platform services' own logs go to the log stream too (user services' output is
@@ -128,6 +138,7 @@ int RunService(int argc, char** argv, config::Spec spec, ServiceOptions options,
   shipper_sink.reset();
   shipper.reset();  // flushes what is queued
   connection->DrainAndClose(std::chrono::seconds(5));
+  if (loop) loop->Stop();
   return 0;
 }
 

@@ -30,6 +30,7 @@
 
 #include "muon/auth/v1/auth.pb.h"
 #include "muon/common/bus.h"
+#include "muon/common/bus_loop.h"
 #include "muon/common/errors.h"
 #include "muon/common/json_writer.h"
 
@@ -65,6 +66,18 @@ struct ServiceOptions {
   // Queue subscriptions (each with its own delivery thread) per endpoint subject: how many
   // requests of one endpoint this process handles at once.
   int concurrency = 1;
+  // RunService drives the bus connection from an event loop of its own (bus_loop.h), so the
+  // endpoints declared non_blocking run on that loop's thread as each request is read: no
+  // thread hand-off, and the replies of one read leave in one write. Other endpoints keep their
+  // delivery threads.
+  bool bus_event_loop = false;
+};
+
+struct EndpointOptions {
+  // The handler never blocks (no I/O, no locks held long, no bus requests): it may run on the
+  // connection's event loop thread when the connection has one. A blocking handler there would
+  // stall every request of the process.
+  bool non_blocking = false;
 };
 
 class RequestContext {
@@ -123,18 +136,22 @@ class Service {
   // returns the response or throws muon::Error (anything else becomes a 500 whose text is logged,
   // not sent).
   template <typename Req, typename Resp>
-  void AddEndpoint(std::string method, std::function<Resp(const Req&, RequestContext&)> handler) {
-    AddRawEndpoint(std::move(method),
-                   [h = std::move(handler)](std::string_view body, RequestContext& ctx) {
-                     Req request;
-                     DecodeMessage(body, ctx.json(), request);
-                     Resp response = h(request, ctx);
-                     return EncodeMessage(response, ctx.json());
-                   });
+  void AddEndpoint(std::string method, std::function<Resp(const Req&, RequestContext&)> handler,
+                   EndpointOptions endpoint_options = {}) {
+    AddRawEndpoint(
+        std::move(method),
+        [h = std::move(handler)](std::string_view body, RequestContext& ctx) {
+          Req request;
+          DecodeMessage(body, ctx.json(), request);
+          Resp response = h(request, ctx);
+          return EncodeMessage(response, ctx.json());
+        },
+        endpoint_options);
   }
 
   using RawHandler = std::function<std::string(std::string_view body, RequestContext& ctx)>;
-  void AddRawEndpoint(std::string method, RawHandler handler);
+  void AddRawEndpoint(std::string method, RawHandler handler,
+                      EndpointOptions endpoint_options = {});
 
   // Runs before every handler (call before Start()); throws muon::Error (401/403) to refuse the
   // request. Platform services install token verification and rule checks here (authz.h).
