@@ -199,8 +199,9 @@ bool TakeQueued(natsSubscription* sub, Take&& take) {
 
 // ---- LoopSubscription ----
 
+// Owned by the driver's hook list (and the LoopSubscription): it never points back at the driver,
+// so nothing keeps the two alive in a cycle once the loop stopped.
 struct LoopSubscription::State : ReadHook {
-  std::shared_ptr<LoopDriver> driver;
   natsSubscription* sub = nullptr;
   MsgHandler handler;
 
@@ -229,7 +230,7 @@ LoopSubscription& LoopSubscription::operator=(LoopSubscription&&) noexcept = def
 LoopSubscription::~LoopSubscription() {
   if (!state_) return;
   Unsubscribe();
-  state_->driver->RemoveHook(state_);
+  driver_->RemoveHook(state_);
 }
 
 void LoopSubscription::StartDrain(std::chrono::milliseconds timeout) {
@@ -239,7 +240,7 @@ void LoopSubscription::StartDrain(std::chrono::milliseconds timeout) {
     return;
   }
   // Nothing may arrive to trigger a read: take what is queued now.
-  state_->driver->RunOnLoop([state = state_] { state->AfterRead(); });
+  driver_->RunOnLoop([state = state_] { state->AfterRead(); });
 }
 
 bool LoopSubscription::WaitDrained(std::chrono::milliseconds timeout) {
@@ -256,7 +257,6 @@ LoopSubscription SubscribeOnLoop(Connection& connection, std::string_view subjec
   const auto& driver = connection.loop_driver();
   if (!driver) throw std::logic_error("SubscribeOnLoop needs a connection with an event loop");
   auto state = std::make_shared<LoopSubscription::State>();
-  state->driver = driver;
   state->handler = std::move(handler);
   const std::string subj(subject);
   const std::string group(queue);
@@ -272,6 +272,7 @@ LoopSubscription SubscribeOnLoop(Connection& connection, std::string_view subjec
   driver->AddHook(state);
   LoopSubscription result;
   result.state_ = std::move(state);
+  result.driver_ = driver;
   return result;
 }
 
@@ -296,7 +297,6 @@ struct LoopRequester::State : ReadHook {
   };
 
   Connection& connection;
-  std::shared_ptr<LoopDriver> driver;
   std::string prefix;  // "_INBOX.<nuid>."
   std::vector<Slot> slots;
   std::vector<uint32_t> free_slots;
@@ -305,8 +305,7 @@ struct LoopRequester::State : ReadHook {
   uint64_t next_token = 0;
   std::atomic<size_t> in_flight{0};
 
-  State(Connection& c, std::shared_ptr<LoopDriver> d)
-      : connection(c), driver(std::move(d)), prefix(c.NewInbox() + ".") {}
+  explicit State(Connection& c) : connection(c), prefix(c.NewInbox() + ".") {}
 
   ~State() override {
     for (auto& slot : slots) natsSubscription_Destroy(slot.sub);
@@ -437,25 +436,25 @@ struct LoopRequester::State : ReadHook {
 };
 
 LoopRequester::LoopRequester(Connection& connection) {
-  const auto& driver = connection.loop_driver();
-  if (!driver) throw std::logic_error("LoopRequester needs a connection with an event loop");
-  state_ = std::make_shared<State>(connection, driver);
-  driver->AddHook(state_);
+  driver_ = connection.loop_driver();
+  if (!driver_) throw std::logic_error("LoopRequester needs a connection with an event loop");
+  state_ = std::make_shared<State>(connection);
+  driver_->AddHook(state_);
 }
 
 LoopRequester::~LoopRequester() {
   state_->CancelAll();
   for (auto& slot : state_->slots) natsSubscription_Unsubscribe(slot.sub);
-  state_->driver->RemoveHook(state_);
+  driver_->RemoveHook(state_);
 }
 
 void LoopRequester::Request(std::string_view subject, std::string_view data, const Headers& headers,
                             std::chrono::milliseconds timeout, Callback done) {
-  if (state_->driver->InLoopThread()) {
+  if (driver_->InLoopThread()) {
     state_->Start(std::string(subject), data, headers, timeout, std::move(done));
     return;
   }
-  asio::post(state_->driver->io(),
+  asio::post(driver_->io(),
              [state = state_, subject = std::string(subject), data = std::string(data), headers,
               timeout, done = std::move(done)]() mutable {
                state->Start(subject, data, headers, timeout, std::move(done));

@@ -62,6 +62,7 @@ class LoopSubscription {
                                           MsgHandler);
   struct State;
   std::shared_ptr<State> state_;
+  std::shared_ptr<LoopDriver> driver_;
 };
 
 // Throws std::logic_error when the connection has no event loop, std::runtime_error when nats.c
@@ -99,6 +100,7 @@ class LoopRequester {
  private:
   struct State;
   std::shared_ptr<State> state_;
+  std::shared_ptr<LoopDriver> driver_;
 };
 
 }  // namespace muon::bus
