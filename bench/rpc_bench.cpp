@@ -10,15 +10,16 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <functional>
 #include <atomic>
+#include <boost/asio/post.hpp>
+#include <functional>
 #include <thread>
 #include <vector>
 
 #include "echo_handlers.h"
 #include "harness.h"
-#include "muon/common/async_requester.h"
 #include "muon/common/bus.h"
+#include "muon/common/bus_loop.h"
 #include "muon/common/config.h"
 #include "muon/common/log.h"
 #include "muon/common/service.h"
@@ -114,11 +115,13 @@ int main(int argc, char** argv) {
   }
   if (argc == 6 && std::string(argv[1]) == "--direct-throughput") {
     // rpc_bench --direct-throughput NATS_URL SUBJECT JSON SECONDS: requests/s with 64 requests
-    // kept in flight on one connection (bus::AsyncRequester, as the ingress does), no HTTP: the
-    // ceiling of what any proxy in front of this service can reach on this machine.
-    auto conn = muon::bus::Connection::Connect({.url = argv[2], .name = "bench-direct"});
+    // kept in flight on one loop-driven connection (bus::LoopRequester, as the ingress's workers
+    // do), no HTTP: the ceiling of what any proxy in front of this service can reach here.
+    muon::bus::EventLoopThread loop;
+    auto conn = muon::bus::Connection::Connect(
+        {.url = argv[2], .name = "bench-direct", .event_loop = &loop.context()});
     if (!conn->WaitConnected(5s)) return 1;
-    muon::bus::AsyncRequester requester(*conn);
+    muon::bus::LoopRequester requester(*conn);
     const muon::bus::Headers headers = {{"Content-Type", "application/json"}};
     const std::string subject = argv[3], body = argv[4];
     const auto seconds = std::chrono::seconds(std::stoi(argv[5]));
@@ -139,7 +142,7 @@ int main(int argc, char** argv) {
     std::atomic<bool> sweeping{true};
     std::thread sweeper([&] {
       while (sweeping) {
-        requester.Sweep();
+        boost::asio::post(loop.context(), [&] { requester.Sweep(); });
         std::this_thread::sleep_for(20ms);
       }
     });
@@ -153,6 +156,7 @@ int main(int argc, char** argv) {
     while (requester.pending() > 0) std::this_thread::sleep_for(10ms);
     sweeping = false;
     sweeper.join();
+    loop.Stop();  // the requester and the connection go after their loop stopped
     fmt::print("{:.0f}\n", static_cast<double>(after - before) / elapsed);
     return failed > 0 ? 1 : 0;
   }
