@@ -22,37 +22,9 @@ constexpr size_t kLastLines = 20;
 // What an instance gets when its env has no PATH (the node agent always sets one).
 constexpr std::string_view kDefaultPath = "/usr/local/bin:/usr/bin:/bin";
 
-// The process group id of `pid` from /proc/<pid>/stat (field 5, after the parenthesised comm,
-// which may itself hold spaces and parentheses); -1 when unreadable.
-pid_t GroupOf(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat;
-  if (!std::getline(in, stat)) return -1;
-  const size_t close = stat.rfind(')');
-  if (close == std::string::npos) return -1;
-  std::istringstream rest(stat.substr(close + 1));
-  std::string state;
-  pid_t ppid = 0, pgrp = -1;
-  rest >> state >> ppid >> pgrp;
-  return rest ? pgrp : -1;
-}
-
-// Sends `signal` to every member of process group `group` except its leader.
-void SignalGroupExceptLeader(pid_t group, int signal) {
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
-    const std::string name = entry.path().filename().string();
-    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
-    const pid_t pid = static_cast<pid_t>(std::stol(name));
-    if (pid == group) continue;
-    if (GroupOf(pid) == group) ::kill(pid, signal);
-  }
-}
-
 class ProcessInstance : public RunningInstance {
  public:
-  ProcessInstance(bus::Connection& bus, CaptureOptions options, bool sandboxed)
-      : sandboxed_(sandboxed) {
+  ProcessInstance(bus::Connection& bus, CaptureOptions options) {
     options.on_line = [this](const std::string& line, bool) {
       std::lock_guard lock(mu_);
       lines_.push_back(line);
@@ -79,14 +51,9 @@ class ProcessInstance : public RunningInstance {
   }
 
   void Terminate() override {
-    if (exit_) return;
-    if (sandboxed_) {
-      // bwrap would die of SIGTERM and take the instance down with SIGKILL (--die-with-parent):
-      // the instance (and its helpers) get it, bwrap exits with its status.
-      SignalGroupExceptLeader(capture_->process().pid(), SIGTERM);
-    } else {
-      capture_->process().Signal(SIGTERM);
-    }
+    // To the whole group in one kill(): the instance and the helpers it started. In the sandbox
+    // bwrap, the group's leader, ignores SIGTERM (see ProcessDriver::Command).
+    if (!exit_) capture_->process().Signal(SIGTERM);
   }
 
   void Kill() override {
@@ -99,7 +66,6 @@ class ProcessInstance : public RunningInstance {
   }
 
  private:
-  bool sandboxed_;
   std::unique_ptr<CapturedProcess> capture_;
   std::optional<ExitStatus> exit_;
   mutable std::mutex mu_;
@@ -221,6 +187,13 @@ ProcessOptions ProcessDriver::Command(const InstanceSpec& spec,
   }
   p.args.insert(p.args.end(), {"--bind", dir, dir, "--unshare-pid", "--unshare-ipc",
                                "--die-with-parent", "--chdir", dir, "--"});
+  // bwrap leads the instance's process group and dies of SIGTERM, taking the instance down with
+  // SIGKILL (--die-with-parent). Started with SIGTERM ignored it lets Terminate signal the whole
+  // group at once; the instance gets the default back from env. (Signalling every member but
+  // the leader instead meant reading /proc, then killing: a child that left the group in between,
+  // like a muon-bus serve command, was killed by a SIGTERM never meant for it.)
+  p.ignored_signals = {SIGTERM};
+  p.args.insert(p.args.end(), {"env", "--default-signal=TERM", "--"});
   p.args.insert(p.args.end(), argv.begin(), argv.end());
   return p;
 }
@@ -231,7 +204,7 @@ std::unique_ptr<RunningInstance> ProcessDriver::Start(const InstanceSpec& spec) 
   capture.log = loglines::ShipperOptions{
       .service = spec.service, .instance = spec.id, .release = spec.release, .region = spec.region};
   capture.secrets = spec.secrets;
-  return std::make_unique<ProcessInstance>(bus_, std::move(capture), sandboxed_);
+  return std::make_unique<ProcessInstance>(bus_, std::move(capture));
 }
 
 ExecOutcome ProcessDriver::Exec(const InstanceSpec& spec, const std::vector<std::string>& argv,

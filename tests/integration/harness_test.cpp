@@ -160,6 +160,56 @@ TEST_CASE("Process::Stop ends a child with SIGTERM", "[process]") {
   CHECK_FALSE(p.Running());
 }
 
+namespace {
+
+// Exit status of a forked child that has SIGTERM pending (as when its parent's group was
+// signalled between fork and setpgid) and then prepares its signals the way spawned children do.
+ExitStatus ChildWithPendingTerm(bool new_process_group) {
+  pid_t pid;
+  {
+    muon::SignalsBlockedForFork blocked;
+    pid = ::fork();
+    if (pid == 0) {
+      ::raise(SIGTERM);  // pending: every signal is blocked
+      const bool prepared = muon::PrepareChildSignals(new_process_group);
+      ::_exit(prepared ? 0 : 127);  // reached only if the pending SIGTERM was dropped
+    }
+  }
+  REQUIRE(pid > 0);
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  ExitStatus result;
+  if (WIFEXITED(status)) result.code = WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) result.signal = WTERMSIG(status);
+  return result;
+}
+
+}  // namespace
+
+TEST_CASE("a child drops the signals sent to its parent's group before it had its own",
+          "[process]") {
+  // A service draining on SIGTERM must not lose the command it was starting at that moment.
+  ExitStatus own_group = ChildWithPendingTerm(true);
+  CHECK(own_group.code == 0);
+  CHECK(own_group.signal == 0);
+  // Staying in the parent's group, the signal was meant for it too: delivered once unblocked.
+  ExitStatus same_group = ChildWithPendingTerm(false);
+  CHECK(same_group.signal == SIGTERM);
+}
+
+TEST_CASE("Process starts with the ignored signals asked for, the others at their default",
+          "[process]") {
+  auto options = Command("sh", {"-c", "kill -TERM $$; echo still here"});
+  options.ignored_signals = {SIGTERM};
+  auto ignoring = muon::RunCommand(options, 10s);
+  CHECK(ignoring.status.Success());
+  CHECK(ignoring.output == "still here\n");
+  options.ignored_signals.clear();
+  auto defaulted = muon::RunCommand(options, 10s);
+  CHECK(defaulted.status.signal == SIGTERM);
+  CHECK(defaulted.output.empty());
+}
+
 TEST_CASE("Process destructor kills the whole process group", "[process]") {
   TempDir dir;
   std::string pid_file = dir.path() + "/sleep.pid";

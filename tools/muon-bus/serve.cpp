@@ -20,6 +20,7 @@
 #include "muon/common/errors.h"
 #include "muon/common/fd.h"
 #include "muon/common/log.h"
+#include "muon/common/process.h"
 #include "muon/common/service.h"
 #include "muon/common/service_main.h"
 
@@ -76,14 +77,10 @@ void SetNonBlocking(int fd) {
 // The forked child: async-signal-safe calls only (the parent has other threads).
 [[noreturn]] void ChildMain(pid_t parent, int in_fd, int out_fd, int err_fd, char* const argv[],
                             char* const envp[]) {
-  // The service blocks SIGTERM/SIGINT for sigwait and ignores SIGPIPE; both survive exec.
-  sigset_t empty;
-  sigemptyset(&empty);
-  ::sigprocmask(SIG_SETMASK, &empty, nullptr);
-  struct sigaction dfl {};
-  dfl.sa_handler = SIG_DFL;
-  for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &dfl, nullptr);
-  ::setpgid(0, 0);
+  // The service blocks SIGTERM/SIGINT for sigwait and ignores SIGPIPE; both survive exec. And a
+  // SIGTERM sent to the service's group while we were still in it was meant for the service,
+  // which drains and waits for this very command.
+  if (!PrepareChildSignals(true)) ::_exit(127);
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != parent) ::_exit(127);
   if (::dup2(in_fd, STDIN_FILENO) < 0 || ::dup2(out_fd, STDOUT_FILENO) < 0 ||
@@ -216,11 +213,15 @@ ShellResult RunShell(const std::string& command, std::string_view input,
   MakePipe(err_read, err_write);
 
   const pid_t parent = ::getpid();
-  const pid_t pid = ::fork();
-  if (pid < 0) ThrowErrno("fork");
-  if (pid == 0) {
-    ChildMain(parent, in_read.get(), out_write.get(), err_write.get(), argv.data(), envp.data());
+  pid_t pid;
+  {
+    SignalsBlockedForFork blocked;
+    pid = ::fork();
+    if (pid == 0) {
+      ChildMain(parent, in_read.get(), out_write.get(), err_write.get(), argv.data(), envp.data());
+    }
   }
+  if (pid < 0) ThrowErrno("fork");
   // Also from here, so a timeout right away cannot signal a group that does not exist yet.
   ::setpgid(pid, pid);
   in_read.Reset();

@@ -221,14 +221,10 @@ const char* StepName(int step) {
                             int error_fd, int stdin_fd, int output_fd) {
   // Signal dispositions set to SIG_IGN and the blocked mask survive exec; a parent that blocks
   // SIGTERM for sigwait or ignores SIGPIPE would otherwise hand that to servers it starts.
-  sigset_t empty;
-  sigemptyset(&empty);
-  if (::sigprocmask(SIG_SETMASK, &empty, nullptr) != 0) ChildFail(error_fd, kStepSignals);
-  struct sigaction dfl {};
-  dfl.sa_handler = SIG_DFL;
-  for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &dfl, nullptr);  // fails for KILL/STOP
-
-  if (options.new_process_group && ::setpgid(0, 0) != 0) ChildFail(error_fd, kStepGroup);
+  if (!PrepareChildSignals(options.new_process_group, options.ignored_signals.data(),
+                           options.ignored_signals.size())) {
+    ChildFail(error_fd, kStepGroup);
+  }
 
   if (p.user.enabled && p.user.change_ids) {
     // Groups first: after setuid we would no longer have the privilege to change them.
@@ -297,9 +293,13 @@ pid_t Spawn(const ProcessOptions& options, int stdin_fd, int output_fd) {
   Fd write_end(fds[1]);
 
   pid_t parent = ::getpid();
-  pid_t pid = ::fork();
+  pid_t pid;
+  {
+    SignalsBlockedForFork blocked;
+    pid = ::fork();
+    if (pid == 0) ChildMain(options, prepared, parent, write_end.get(), stdin_fd, output_fd);
+  }
   if (pid < 0) ThrowErrno(errno, "fork for '" + options.program + "'");
-  if (pid == 0) ChildMain(options, prepared, parent, write_end.get(), stdin_fd, output_fd);
 
   // Also set the group from the parent: otherwise a Signal() right after the constructor could
   // reach kill(-pid) before the child ran setpgid. EACCES after the child's exec is harmless.
@@ -321,6 +321,34 @@ pid_t Spawn(const ProcessOptions& options, int stdin_fd, int output_fd) {
 }
 
 }  // namespace
+
+SignalsBlockedForFork::SignalsBlockedForFork() {
+  sigset_t all;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &saved_);
+}
+
+SignalsBlockedForFork::~SignalsBlockedForFork() {
+  ::pthread_sigmask(SIG_SETMASK, &saved_, nullptr);
+}
+
+bool PrepareChildSignals(bool new_process_group, const int* ignored, size_t ignored_count) {
+  if (new_process_group && ::setpgid(0, 0) != 0) return false;
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) {
+    // Setting SIG_IGN discards a pending signal: what was sent to the parent's group before we
+    // left it was never meant for us. Fails harmlessly for KILL, STOP and glibc's own signals.
+    if (new_process_group) ::sigaction(sig, &ignore, nullptr);
+    ::sigaction(sig, &dfl, nullptr);
+  }
+  for (size_t i = 0; i < ignored_count; ++i) ::sigaction(ignored[i], &ignore, nullptr);
+  sigset_t empty;
+  sigemptyset(&empty);
+  return ::sigprocmask(SIG_SETMASK, &empty, nullptr) == 0;
+}
 
 std::string ExitStatus::Describe() const {
   if (signal != 0) {

@@ -3,6 +3,7 @@
 // and reaped, so a failing test or a crashed parent leaves nothing behind. Used by the test
 // harness, the local tooling, and later by the node runtime.
 
+#include <signal.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -28,6 +29,9 @@ struct ProcessOptions {
   bool new_process_group = true;
   // Signal the child gets when the parent dies (prctl PR_SET_PDEATHSIG); 0 = none.
   int parent_death_signal = 9;
+  // Signals the child starts with ignored (SIG_IGN survives exec); every other one is reset to
+  // its default.
+  std::vector<int> ignored_signals;
 };
 
 struct ExitStatus {
@@ -72,5 +76,29 @@ struct RunResult {
   std::string output;
 };
 RunResult RunCommand(const ProcessOptions& options, std::chrono::milliseconds timeout);
+
+// Forking a child that moves to a process group of its own has a window: between fork() and the
+// child's setpgid() it is still in the parent's group, and a signal sent to that group (a service
+// told to drain, Ctrl-C) reaches it too. With the signal blocked it stays pending and kills the
+// child once it unblocks: a command the service was still serving dies of its parent's SIGTERM.
+// So every signal is blocked across fork (this guard, in the forking thread), and the child calls
+// PrepareChildSignals before anything else.
+class SignalsBlockedForFork {
+ public:
+  SignalsBlockedForFork();
+  ~SignalsBlockedForFork();
+  SignalsBlockedForFork(const SignalsBlockedForFork&) = delete;
+  SignalsBlockedForFork& operator=(const SignalsBlockedForFork&) = delete;
+
+ private:
+  sigset_t saved_;
+};
+
+// In the forked child (async-signal-safe; every signal still blocked): joins a new process group
+// when asked and then drops the signals that reached it while it still shared the parent's group;
+// resets every disposition to the default (those in `ignored` to SIG_IGN) and unblocks all.
+// Returns false with errno set when setpgid fails.
+bool PrepareChildSignals(bool new_process_group, const int* ignored = nullptr,
+                         size_t ignored_count = 0);
 
 }  // namespace muon
