@@ -3,6 +3,7 @@
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/ssl/stream.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/ssl.hpp>
 #include <deque>
@@ -78,13 +79,22 @@ class SessionStream : public ResponseStream {
   bool wake_pending_ = false;
 };
 
-// One connection. Stream is beast::tcp_stream or beast::ssl_stream<beast::tcp_stream>.
+using TlsStream = beast::ssl_stream<tcp::socket>;
+using Clock = std::chrono::steady_clock;
+
+// One connection. Stream is tcp::socket or TlsStream.
+//
+// Timeouts are a deadline the session moves with a plain store, checked by one timer that wakes
+// at most once per deadline: beast::tcp_stream's per-operation timers (a wait started and
+// cancelled around every read and write, two more handler calls each) cost more than the rest of
+// the connection's bookkeeping together.
 template <typename Stream>
 class Session : public std::enable_shared_from_this<Session<Stream>> {
  public:
   Session(Stream stream, HttpServer& server, RequestHandler& handler, const ServerOptions& options,
           size_t worker, ClientInfo client)
       : stream_(std::move(stream)),
+        deadline_timer_(Socket().get_executor()),
         server_(server),
         handler_(handler),
         options_(options),
@@ -99,10 +109,10 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   }
 
   void Start() {
-    if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
+    if constexpr (std::is_same_v<Stream, tcp::socket>) {
       ReadRequest();
     } else {
-      beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(10));
+      SetDeadline(std::chrono::seconds(10));
       stream_.async_handshake(asio::ssl::stream_base::server,
                               [self = this->shared_from_this()](beast::error_code ec) {
                                 if (ec) return;  // a failed handshake is the client's problem
@@ -112,6 +122,41 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   }
 
  private:
+  tcp::socket& Socket() {
+    if constexpr (std::is_same_v<Stream, tcp::socket>) {
+      return stream_;
+    } else {
+      return beast::get_lowest_layer(stream_);
+    }
+  }
+
+  // The socket is closed once `timeout` passes without another SetDeadline or ClearDeadline:
+  // its pending operations then fail (operation_aborted) and the session ends.
+  void SetDeadline(Clock::duration timeout) {
+    deadline_ = Clock::now() + timeout;
+    // A later deadline waits for the armed timer, which re-arms when it finds one; only an
+    // earlier one (a TLS handshake or shutdown) re-arms now.
+    if (!timer_armed_ || deadline_ < timer_expiry_) ArmTimer();
+  }
+  void ClearDeadline() { deadline_ = Clock::time_point::max(); }
+
+  void ArmTimer() {
+    timer_armed_ = true;
+    timer_expiry_ = deadline_;
+    const uint64_t generation = ++timer_generation_;
+    deadline_timer_.expires_at(deadline_);  // cancels a wait already there
+    deadline_timer_.async_wait([weak = this->weak_from_this(), generation](beast::error_code ec) {
+      auto self = weak.lock();
+      if (!self || generation != self->timer_generation_) return;  // gone, or re-armed since
+      self->timer_armed_ = false;
+      if (ec) return;
+      if (self->deadline_ == Clock::time_point::max()) return;  // SetDeadline arms it again
+      if (Clock::now() < self->deadline_) return self->ArmTimer();
+      beast::error_code ignored;
+      self->Socket().close(ignored);
+    });
+  }
+
   void ReadRequest() {
     parser_.emplace();
     parser_->body_limit(options_.max_body_bytes);
@@ -119,7 +164,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     // The head first: the body limit depends on the path (webhooks may be large). Beast checks
     // Content-Length against the limit while parsing the head, so that takes the largest one.
     parser_->body_limit(server_.largest_body_limit());
-    beast::get_lowest_layer(stream_).expires_after(options_.idle_timeout);
+    SetDeadline(options_.idle_timeout);
     http::async_read_header(stream_, buffer_, *parser_,
                             [self = this->shared_from_this()](beast::error_code ec, size_t) {
                               if (ec) return self->OnRead(ec);
@@ -163,7 +208,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     counted_ = true;
     const unsigned version = request.version();
     // Nothing may time out the socket while the handler works; the handler has its own timeout.
-    beast::get_lowest_layer(stream_).expires_never();
+    ClearDeadline();
     auto& io = server_.worker_context(worker_);
     handler_.Handle(
         std::move(request), client_, worker_,
@@ -212,7 +257,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     stream_head_->keep_alive(false);
     stream_serializer_ =
         std::make_unique<http::response_serializer<http::empty_body>>(*stream_head_);
-    beast::get_lowest_layer(stream_).expires_never();
+    ClearDeadline();
     writing_ = true;
     http::async_write_header(stream_, *stream_serializer_,
                              [self = this->shared_from_this()](beast::error_code ec, size_t) {
@@ -277,7 +322,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     stream_done_ = true;
     pieces_.clear();
     beast::error_code ignored;
-    beast::get_lowest_layer(stream_).socket().close(ignored);
+    Socket().close(ignored);
   }
 
   void Refuse(unsigned status, const std::string& detail) {
@@ -291,7 +336,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     response.keep_alive(keep_alive_);
     response.prepare_payload();
     response_ = std::make_unique<Response>(std::move(response));
-    beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(30));
+    // A client that does not take its response within the idle timeout is dropped.
+    SetDeadline(options_.idle_timeout);
     http::async_write(stream_, *response_,
                       [self = this->shared_from_this()](beast::error_code ec, size_t) {
                         self->response_.reset();
@@ -306,15 +352,20 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
 
   void Close() {
     beast::error_code ignored;
-    if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
-      stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    if constexpr (std::is_same_v<Stream, tcp::socket>) {
+      stream_.shutdown(tcp::socket::shutdown_send, ignored);
     } else {
-      beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(5));
+      SetDeadline(std::chrono::seconds(5));
       stream_.async_shutdown([self = this->shared_from_this()](beast::error_code) {});
     }
   }
 
   Stream stream_;
+  asio::steady_timer deadline_timer_;
+  Clock::time_point deadline_ = Clock::time_point::max();
+  Clock::time_point timer_expiry_;
+  uint64_t timer_generation_ = 0;
+  bool timer_armed_ = false;
   HttpServer& server_;
   RequestHandler& handler_;
   const ServerOptions& options_;
@@ -422,13 +473,12 @@ void HttpServer::Accept(size_t worker) {
       beast::error_code ignored;
       ClientInfo client{socket.remote_endpoint(ignored).address().to_string(), tls_.has_value()};
       if (tls_) {
-        std::make_shared<Session<beast::ssl_stream<beast::tcp_stream>>>(
-            beast::ssl_stream<beast::tcp_stream>(std::move(socket), *tls_), *this, handler_,
-            options_, worker, std::move(client))
+        std::make_shared<Session<TlsStream>>(TlsStream(std::move(socket), *tls_), *this, handler_,
+                                             options_, worker, std::move(client))
             ->Start();
       } else {
-        std::make_shared<Session<beast::tcp_stream>>(beast::tcp_stream(std::move(socket)), *this,
-                                                     handler_, options_, worker, std::move(client))
+        std::make_shared<Session<tcp::socket>>(std::move(socket), *this, handler_, options_, worker,
+                                               std::move(client))
             ->Start();
       }
     } else {
