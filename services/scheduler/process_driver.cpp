@@ -7,7 +7,6 @@
 #include <deque>
 #include <fstream>
 #include <mutex>
-#include <sstream>
 #include <stdexcept>
 #include <thread>
 

@@ -170,8 +170,7 @@ struct ChildError {
 };
 
 enum Step : int {
-  kStepSignals,
-  kStepGroup,
+  kStepGroup,  // setpgid, or the signal mask after it (PrepareChildSignals)
   kStepGroups,
   kStepSetgid,
   kStepSetuid,
@@ -184,8 +183,6 @@ enum Step : int {
 
 const char* StepName(int step) {
   switch (step) {
-    case kStepSignals:
-      return "resetting signals";
     case kStepGroup:
       return "setpgid";
     case kStepGroups:
